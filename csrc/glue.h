@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * Thin helpers around libbpf for the flowlabel._bpf extension: the calls that
+ * take option structs or callbacks, which are awkward from cffi, reduced to
+ * plain arguments. Every int-returning function returns 0 or a negative errno.
+ */
+#ifndef FLOWLABEL_GLUE_H
+#define FLOWLABEL_GLUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct bpf_object;
+
+/* libbpf's messages (verifier log included) go to a buffer instead of stderr. */
+void fl_log_clear(void);
+const char *fl_log_text(void);
+
+/* Where a .rodata variable's initial value lives before load; NULL if absent. */
+void *fl_rodata_var(struct bpf_object *obj, const char *name, size_t *size);
+
+int fl_test_run(int prog_fd, const void *data, uint32_t size, void *out, uint32_t *out_size,
+		uint32_t repeat, uint32_t *retval, uint32_t *duration_ns);
+
+/* clsact egress hook and a direct-action cls_bpf filter on it. */
+int fl_tc_hook_create(int ifindex);             /* 1 if created, 0 if it existed */
+int fl_tc_hook_destroy(int ifindex);
+int fl_tc_attach(int ifindex, int prog_fd, uint32_t handle, uint32_t priority, int replace);
+int fl_tc_detach(int ifindex, uint32_t handle, uint32_t priority);
+/* The id of the program on that filter, 0 if none. */
+int fl_tc_query(int ifindex, uint32_t handle, uint32_t priority, uint32_t *prog_id);
+
+/* Kernel facts about a loaded program. */
+int fl_prog_info(int prog_fd, uint32_t *id, uint32_t *jited_len, uint32_t *xlated_len,
+		 uint32_t *verified_insns);
+
+#endif
