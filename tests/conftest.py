@@ -1,0 +1,33 @@
+"""Shared test configuration: which tests can run on this host, and why not."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+
+def _kernel_unavailable() -> str | None:
+    """Why BPF tests cannot run here, or None when they can."""
+    if not sys.platform.startswith("linux"):
+        return f"BPF tests need Linux, this is {sys.platform}"
+    if os.geteuid() != 0:
+        return "BPF tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)"
+    try:
+        from flowlabel import _bpf  # noqa: F401
+    except ImportError as exc:
+        return f"the flowlabel._bpf extension is not installed ({exc}); run the suite with `nox -s tests`"
+    return None
+
+
+KERNEL_UNAVAILABLE = _kernel_unavailable()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if KERNEL_UNAVAILABLE is None:
+        return
+    skip = pytest.mark.skip(reason=KERNEL_UNAVAILABLE)
+    for item in items:
+        if "kernel" in item.keywords or "netns" in item.keywords:
+            item.add_marker(skip)
