@@ -297,8 +297,8 @@ class Registry:
     @classmethod
     def _fetch(cls, url: str, timeout: float) -> tuple[Registry, bytes]:
         headers = {"Accept": "application/json", "User-Agent": "flowlabel"}
-        request = urllib.request.Request(url, headers=headers)
         try:
+            request = urllib.request.Request(url, headers=headers)
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body: bytes = response.read(_MAX_BYTES + 1)
         except (OSError, ValueError, http.client.HTTPException) as exc:
