@@ -1,0 +1,328 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * tc egress classifier: writes the SciTags flow label into the IPv6 header
+ * of every packet whose 5-tuple is in the `flows` map. It only ever rewrites
+ * the 20 label bits and always lets the packet through.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "marker.h"
+
+/* Extension headers walked before giving up on finding the ports. */
+#define MAX_EXT_HDRS 6
+/* Stacked 802.1Q/802.1AD tags looked through. */
+#define MAX_VLAN_TAGS 2
+
+/* The UAPI ethhdr is packed, which makes clang read h_proto byte by byte. */
+struct eth_hdr {
+	__u8 dst[ETH_ALEN];
+	__u8 src[ETH_ALEN];
+	__be16 proto;
+};
+
+/* Not in the UAPI headers. */
+struct vlan_tag {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+struct ipv6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset in 8-byte units << 3 | flags */
+	__be32 identification;
+};
+
+#define IPV6_FRAG_OFFSET_MASK 0xfff8
+
+/*
+ * The key is built as five 64-bit words: the hash lookup reads it in
+ * word-sized pieces, and whole-word stores make every byte (pad included)
+ * defined without zeroing first.
+ */
+union flow_key_words {
+	struct flow_key key;
+	__u64 w[5];
+};
+
+_Static_assert(sizeof(struct flow_key) == 40, "flow_key is five words");
+_Static_assert(__builtin_offsetof(struct flow_key, sport) == 32, "ports follow the addresses");
+_Static_assert(__builtin_offsetof(struct flow_key, dport) == 34, "dport follows sport");
+_Static_assert(__builtin_offsetof(struct flow_key, proto) == 36, "proto follows the ports");
+
+struct counters {
+	__u64 n[FLOWLABEL_CNT_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FLOWLABEL_DEFAULT_MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct counters);
+} counters SEC(".maps");
+
+/* Set by the loader in .rodata: the verifier then prunes what is off. */
+const volatile struct marker_config cfg = {};
+
+#define debug(fmt, args...)                                                    \
+	do {                                                                   \
+		if (cfg.debug)                                                 \
+			bpf_printk("flowlabel: " fmt, ##args);                 \
+	} while (0)
+
+/* What the parser made of a packet. */
+enum parse_result {
+	PARSE_FLOW,
+	PARSE_NON_IPV6,
+	PARSE_UNPARSED,
+	PARSE_PULL, /* a header lies beyond the linear data: pull, then retry */
+};
+
+/* Pulls tried before giving up on a packet (each goes one header further). */
+#define MAX_PULLS 4
+
+/*
+ * A header ending at end is not in the linear data. Worth a pull if the
+ * packet is long enough, otherwise the packet is truncated: result.
+ */
+static __always_inline enum parse_result short_header(struct __sk_buff *skb, __u32 end,
+						      __u32 *pull_len,
+						      enum parse_result result)
+{
+	if (end > skb->len)
+		return result;
+	*pull_len = end;
+	return PARSE_PULL;
+}
+
+static __always_inline int is_vlan(__be16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
+}
+
+/* sport and dport as they are in the packet, then proto, then zero pad. */
+static __always_inline __u64 key_tail(__u32 ports, __u8 proto)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return (__u64)proto << 32 | ports;
+#else
+	return (__u64)ports << 32 | (__u64)proto << 24;
+#endif
+}
+
+/*
+ * Finds the IPv6 header and the TCP or UDP ports. PARSE_FLOW fills kw and
+ * points *ip6 at the IPv6 header; PARSE_PULL sets *pull_len.
+ */
+static __always_inline enum parse_result parse(struct __sk_buff *skb,
+					       union flow_key_words *kw,
+					       struct ipv6hdr **ip6, __u32 *pull_len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6h = data;
+	__u32 off = 0, ports;
+	__u64 *addrs;
+	__u8 nexthdr;
+
+	if (!cfg.l3) {
+		struct eth_hdr *eth = data;
+		__be16 proto;
+
+		if ((void *)(eth + 1) > data_end)
+			return short_header(skb, sizeof(*eth), pull_len, PARSE_NON_IPV6);
+		proto = eth->proto;
+		off = sizeof(*eth);
+
+#pragma unroll
+		for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+			struct vlan_tag *tag = data + off;
+
+			if (!is_vlan(proto))
+				break;
+			if ((void *)(tag + 1) > data_end)
+				return short_header(skb, off + sizeof(*tag), pull_len,
+						    PARSE_NON_IPV6);
+			proto = tag->encap_proto;
+			off += sizeof(*tag);
+		}
+		if (proto != bpf_htons(ETH_P_IPV6))
+			return PARSE_NON_IPV6;
+		ip6h = data + off;
+	}
+
+	if ((void *)(ip6h + 1) > data_end)
+		return short_header(skb, off + sizeof(*ip6h), pull_len, PARSE_UNPARSED);
+	if (ip6h->version != 6)
+		return PARSE_UNPARSED;
+	nexthdr = ip6h->nexthdr;
+	off += sizeof(*ip6h);
+
+	if (nexthdr != IPPROTO_TCP && nexthdr != IPPROTO_UDP) {
+#pragma unroll
+		for (int i = 0; i < MAX_EXT_HDRS; i++) {
+			struct ipv6_opt_hdr *opt = data + off;
+			struct ipv6_frag *frag = data + off;
+
+			switch (nexthdr) {
+			case IPPROTO_HOPOPTS:
+			case IPPROTO_ROUTING:
+			case IPPROTO_DSTOPTS:
+				if ((void *)(opt + 1) > data_end)
+					return short_header(skb, off + sizeof(*opt), pull_len,
+							    PARSE_UNPARSED);
+				nexthdr = opt->nexthdr;
+				off += ((__u32)opt->hdrlen + 1) * 8;
+				break;
+			case IPPROTO_AH:
+				if ((void *)(opt + 1) > data_end)
+					return short_header(skb, off + sizeof(*opt), pull_len,
+							    PARSE_UNPARSED);
+				nexthdr = opt->nexthdr;
+				off += ((__u32)opt->hdrlen + 2) * 4;
+				break;
+			case IPPROTO_FRAGMENT:
+				if ((void *)(frag + 1) > data_end)
+					return short_header(skb, off + sizeof(*frag), pull_len,
+							    PARSE_UNPARSED);
+				/* Only the first fragment carries the ports. */
+				if (frag->frag_off & bpf_htons(IPV6_FRAG_OFFSET_MASK))
+					return PARSE_UNPARSED;
+				nexthdr = frag->nexthdr;
+				off += sizeof(*frag);
+				break;
+			default:
+				/* ESP, no next header, or one we do not know. */
+				return PARSE_UNPARSED;
+			}
+			if (nexthdr == IPPROTO_TCP || nexthdr == IPPROTO_UDP)
+				break;
+		}
+	}
+
+	/* The fixed transport header must be complete; options need not be. */
+	if (nexthdr == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + off;
+
+		if ((void *)(tcp + 1) > data_end)
+			return short_header(skb, off + sizeof(*tcp), pull_len, PARSE_UNPARSED);
+		ports = *(__u32 *)tcp;
+	} else if (nexthdr == IPPROTO_UDP) {
+		struct udphdr *udp = data + off;
+
+		if ((void *)(udp + 1) > data_end)
+			return short_header(skb, off + sizeof(*udp), pull_len, PARSE_UNPARSED);
+		ports = *(__u32 *)udp;
+	} else {
+		return PARSE_UNPARSED; /* chain longer than MAX_EXT_HDRS */
+	}
+
+	/* saddr and daddr: 32 bytes from offset 8 of the IPv6 header. */
+	addrs = (void *)ip6h + __builtin_offsetof(struct ipv6hdr, saddr);
+	kw->w[0] = addrs[0];
+	kw->w[1] = addrs[1];
+	kw->w[2] = addrs[2];
+	kw->w[3] = addrs[3];
+	kw->w[4] = key_tail(ports, nexthdr);
+	*ip6 = ip6h;
+	return PARSE_FLOW;
+}
+
+/* Adds one to each of the counters a, b and c (c may be -1: none). */
+static __always_inline void count(int a, int b, int c)
+{
+	__u32 zero = 0;
+	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
+
+	if (!cnt)
+		return;
+	cnt->n[a]++;
+	cnt->n[b]++;
+	if (c >= 0)
+		cnt->n[c]++;
+}
+
+/* The packet is IPv6, or may be behind VLAN tags. */
+static __always_inline void handle(struct __sk_buff *skb)
+{
+	enum parse_result res = PARSE_UNPARSED;
+	struct ipv6hdr *ip6h = NULL;
+	union flow_key_words kw;
+	struct flow_value *val;
+	__u32 pull_len = 0;
+	__be32 *word;
+
+	/* Loops only for headers beyond the linear data. */
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < MAX_PULLS; i++) {
+		res = parse(skb, &kw, &ip6h, &pull_len);
+		if (res != PARSE_PULL)
+			break;
+		if (bpf_skb_pull_data(skb, pull_len)) {
+			res = PARSE_UNPARSED;
+			break;
+		}
+	}
+
+	switch (res) {
+	case PARSE_FLOW:
+		break;
+	case PARSE_NON_IPV6:
+		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_NON_IPV6, -1);
+		debug("not ipv6 behind vlan tags");
+		return;
+	default: /* unparsed, or still short after MAX_PULLS pulls */
+		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_IPV6, FLOWLABEL_CNT_UNPARSED);
+		debug("unparsed");
+		return;
+	}
+
+	val = bpf_map_lookup_elem(&flows, &kw.key);
+	if (!val) {
+		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_IPV6, FLOWLABEL_CNT_MISSED);
+		debug("miss proto %u sport %u dport %u", kw.key.proto,
+		      bpf_ntohs(kw.key.sport), bpf_ntohs(kw.key.dport));
+		return;
+	}
+
+	/* Version and traffic class (ECN included) stay as they are. */
+	word = (__be32 *)ip6h;
+	*word = (*word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) |
+		bpf_htonl(val->label & FLOWLABEL_LABEL_MASK);
+	count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_IPV6, FLOWLABEL_CNT_MARKED);
+	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(kw.key.sport),
+	      bpf_ntohs(kw.key.dport), val->label & FLOWLABEL_LABEL_MASK);
+}
+
+SEC("tc")
+int marker_egress(struct __sk_buff *skb)
+{
+	__be16 proto = skb->protocol;
+
+	/* skb->protocol settles most non-IPv6 traffic without touching data. */
+	if (proto == bpf_htons(ETH_P_IPV6) || (is_vlan(proto) && !cfg.l3)) {
+		handle(skb);
+	} else {
+		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_NON_IPV6, -1);
+		debug("not ipv6, protocol 0x%04x", bpf_ntohs(proto));
+	}
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
