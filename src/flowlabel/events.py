@@ -76,7 +76,9 @@ import re
 import socket
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, NamedTuple
+from ipaddress import IPv4Address, IPv6Address
+from socket import AF_INET, AF_INET6
+from typing import Any, Callable, NamedTuple, Union
 
 from .flow import Flow, IPAddress
 from .label import ACTIVITY_MAX, EXPERIMENT_MAX, LabelError, check_activity, check_experiment
@@ -85,6 +87,7 @@ from .registry import Registry, RegistryError
 __all__ = [
     "PROTOCOLS",
     "STATES",
+    "Data",
     "EventError",
     "FlowEvent",
     "format_api",
@@ -98,8 +101,11 @@ __all__ = [
 STATES = ("start", "ongoing", "end")
 PROTOCOLS = ("tcp", "udp")
 
+#: What the parsers take as raw input: text, or UTF-8 encoded bytes.
+Data = Union[str, bytes, bytearray, memoryview]
+
 _UTC = timezone.utc
-_IP_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+_IP_TYPES = (IPv4Address, IPv6Address)
 
 
 class EventError(ValueError):
@@ -254,22 +260,40 @@ _ADDRESSES: dict[str, IPAddress] = {}
 _ADDRESS_CACHE_SIZE = 8192
 
 
+def _no_inet_pton(family: int, text: str) -> bytes:
+    raise OSError("socket.inet_pton is not available here")
+
+
+_inet_pton: Callable[[int, str], bytes] = getattr(socket, "inet_pton", _no_inet_pton)
+
+
 def _parse_address(text: str, field: str) -> IPAddress:
     address = _ADDRESSES.get(text)
     if address is not None:
         return address
-    # Zone indices ("fe80::1%eth0") would make equal addresses compare unequal.
-    if "%" not in text:
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            pass
+    # inet_pton is about five times faster than ipaddress's own parser; what it
+    # rejects still gets ipaddress's verdict, so no valid address is lost.
+    # Zone indices ("fe80::1%eth0") are refused: they make equal addresses unequal.
+    try:
+        if ":" in text:
+            address = IPv6Address(_inet_pton(AF_INET6, text))
         else:
-            if len(_ADDRESSES) >= _ADDRESS_CACHE_SIZE:
-                _ADDRESSES.clear()
-            _ADDRESSES[text] = address
-            return address
-    raise EventError(field, f"must be an IPv4 or IPv6 address, got {_show(text)}")
+            address = IPv4Address(_inet_pton(AF_INET, text))
+    except (OSError, ValueError):
+        address = _ip_address(text) if "%" not in text else None
+    if address is None:
+        raise EventError(field, f"must be an IPv4 or IPv6 address, got {_show(text)}")
+    if len(_ADDRESSES) >= _ADDRESS_CACHE_SIZE:
+        _ADDRESSES.clear()
+    _ADDRESSES[text] = address
+    return address
+
+
+def _ip_address(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _address(value: object, field: str) -> IPAddress:
@@ -405,7 +429,7 @@ def _pipe_port(text: str, field: str) -> int:
     raise EventError(field, f"must be an integer 0-65535, got {_show(text)}")
 
 
-def parse_line(line: str | bytes, registry: Registry | None = None) -> FlowEvent:
+def parse_line(line: Data, registry: Registry | None = None) -> FlowEvent:
     """Parse one named-pipe line (see the module docstring).
 
     ``experiment`` and ``activity`` may be registry names if ``registry`` is
@@ -526,7 +550,7 @@ def _string(value: object, path: str) -> str:
     return value
 
 
-def parse_firefly(data: bytes | str) -> FlowEvent:
+def parse_firefly(data: Data) -> FlowEvent:
     """Parse a firefly message, bare JSON or behind an RFC 5424 syslog header.
 
     The event's ``start_time`` is always set; ``end_time`` is set when the
@@ -685,7 +709,7 @@ _API_OPTIONAL = ("start_time", "end_time", "application")
 _API_KEYS = frozenset(_API_REQUIRED + _API_OPTIONAL)
 
 
-def parse_api(obj: Mapping[str, Any] | bytes | str, registry: Registry | None = None) -> FlowEvent:
+def parse_api(obj: Mapping[str, Any] | Data, registry: Registry | None = None) -> FlowEvent:
     """Parse an HTTP API event object (see the module docstring), given parsed or as JSON text.
 
     ``experiment`` and ``activity`` may be registry names when ``registry`` is given.
@@ -703,7 +727,7 @@ def parse_api(obj: Mapping[str, Any] | bytes | str, registry: Registry | None = 
     for key in obj:
         if key not in _API_KEYS:
             raise EventError(
-                str(key), f"unknown key; the keys are {', '.join(_API_REQUIRED + _API_OPTIONAL)}"
+                str(key), f"unknown key {key!r}; the keys are {', '.join(_API_REQUIRED + _API_OPTIONAL)}"
             )
     missing: list[str] = [key for key in _API_REQUIRED if key not in obj]
     if missing:
