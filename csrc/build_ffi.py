@@ -53,6 +53,7 @@ int bpf_link__destroy(struct bpf_link *link);
 int bpf_link__fd(const struct bpf_link *link);
 
 int bpf_map__fd(const struct bpf_map *map);
+int bpf_map__reuse_fd(struct bpf_map *map, int fd);
 int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
 __u32 bpf_map__max_entries(const struct bpf_map *map);
 __u32 bpf_map__key_size(const struct bpf_map *map);

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
@@ -156,11 +157,41 @@ int fl_tc_query(int ifindex, uint32_t handle, uint32_t priority, uint32_t *prog_
 	int err = bpf_tc_query(&hook, &opts);
 
 	*prog_id = 0;
-	if (err == -ENOENT)
+	/* An empty hook has no filter chain yet, which the kernel reports as EINVAL. */
+	if (err == -ENOENT || err == -EINVAL)
 		return 0;
 	if (!err)
 		*prog_id = opts.prog_id;
 	return err;
+}
+
+int fl_tcx_progs(int ifindex, uint32_t *ids, uint32_t *count)
+{
+	LIBBPF_OPTS(bpf_prog_query_opts, opts, .prog_ids = ids, .count = *count);
+	int err = bpf_prog_query_opts(ifindex, BPF_TCX_EGRESS, &opts);
+
+	if (err)
+		return err;
+	*count = opts.count;
+	return 0;
+}
+
+int fl_prog_name(uint32_t id, char *name, size_t len)
+{
+	struct bpf_prog_info info;
+	__u32 info_len = sizeof(info);
+	int fd, err;
+
+	fd = bpf_prog_get_fd_by_id(id);
+	if (fd < 0)
+		return fd;
+	memset(&info, 0, sizeof(info));
+	err = bpf_prog_get_info_by_fd(fd, &info, &info_len);
+	close(fd);
+	if (err)
+		return err;
+	snprintf(name, len, "%s", info.name);
+	return 0;
 }
 
 int fl_prog_info(int prog_fd, uint32_t *id, uint32_t *jited_len, uint32_t *xlated_len,

@@ -30,6 +30,12 @@ int fl_tc_detach(int ifindex, uint32_t handle, uint32_t priority);
 /* The id of the program on that filter, 0 if none. */
 int fl_tc_query(int ifindex, uint32_t handle, uint32_t priority, uint32_t *prog_id);
 
+/* Ids of the programs on the interface's TCX egress; count: in capacity, out number. */
+int fl_tcx_progs(int ifindex, uint32_t *ids, uint32_t *count);
+
+/* The name of the loaded program with this id (len includes the NUL). */
+int fl_prog_name(uint32_t id, char *name, size_t len);
+
 /* Kernel facts about a loaded program. */
 int fl_prog_info(int prog_fd, uint32_t *id, uint32_t *jited_len, uint32_t *xlated_len,
 		 uint32_t *verified_insns);

@@ -7,14 +7,20 @@ it works everywhere; creating a :class:`Program` fails with a clear
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import sys
+import weakref
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Union
 
 from .errors import (
+    AttachConflictError,
+    InterfaceError,
+    MapFullError,
     MarkerError,
     MissingPrivilegeError,
     NoBTFError,
@@ -22,6 +28,7 @@ from .errors import (
     ObjectError,
     VerifierError,
 )
+from .flow import Flow
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 PROGRAM_NAME = "marker_egress"
@@ -111,6 +118,8 @@ class Program:
     ``debug`` and ``l3`` are written to the object's read-only configuration
     before load; ``max_flows`` sizes the flow map. ``tcx`` prepares the program
     for a TCX link (its expected attach type must be set before load).
+    ``share_flows_with`` makes this copy use another one's flow map, so that
+    programs for devices with and without a link-layer header see the same flows.
     """
 
     def __init__(
@@ -122,6 +131,7 @@ class Program:
         max_flows: int = 131072,
         program: str = PROGRAM_NAME,
         tcx: bool = False,
+        share_flows_with: Optional[Program] = None,
     ) -> None:
         self._ffi, self._lib = _extension()
         self._obj: Any = self._ffi.NULL
@@ -133,12 +143,17 @@ class Program:
         self._open()
         try:
             self._configure(debug=debug, l3=l3, max_flows=max_flows, program=program, tcx=tcx)
+            if share_flows_with is not None:
+                err = self._lib.bpf_map__reuse_fd(self._flows, share_flows_with.map_fd)
+                if err:
+                    raise _errno_error("sharing the flow map", err)
             self._load()
         except BaseException:
             self.close()
             raise
         self.debug = debug
         self.l3 = l3
+        self.program_name = program
 
     # -- set-up ---------------------------------------------------------------
 
@@ -316,4 +331,545 @@ class Program:
         try:
             self.close()
         except Exception:
+            pass
+
+
+# -- attaching to interfaces and managing flows ----------------------------------
+
+ATTACH_MODES = ("auto", "tcx", "tc")
+#: The cls_bpf filter's handle and priority on the clsact egress hook.
+TC_HANDLE = 0x5C17
+TC_PRIORITY = 0x5C17
+#: Where per-interface locks live; a lock dies with its process.
+LOCK_DIR = Path(os.environ.get("FLOWLABEL_LOCK_DIR", "/run/flowlabel/locks"))
+#: Seconds a read of the host's addresses is trusted when a flow has no local end.
+LOCAL_ADDRESS_TTL = 2.0
+#: Kernels from this release on attach TC programs with TCX links.
+TCX_KERNEL = (6, 6)
+
+_PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+_PROTO_NAMES = {v: k for k, v in _PROTO_NUMBERS.items()}
+# The kernel's LRU map may evict before it is full (its free nodes are spread
+# over CPUs, and an update takes a fresh node even for an existing key), so it
+# is sized above the capacity the Marker enforces.
+_LRU_SLACK_MIN = 1024
+
+
+def _kernel_release() -> tuple[int, int]:
+    import platform
+
+    parts = platform.release().split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _netns_id() -> str:
+    try:
+        return str(os.stat("/proc/thread-self/ns/net").st_ino)
+    except OSError:
+        return "0"
+
+
+class _NetnsHome:
+    """The network namespace a Marker was made in, to return to for netlink work.
+
+    Interface names, indexes and addresses are per namespace, and a thread can
+    change namespace; the Marker's own interface and address look-ups always
+    happen in its home namespace.
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.inode = os.fstat(self.fd).st_ino
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        if os.stat("/proc/thread-self/ns/net").st_ino == self.inode:
+            yield
+            return
+        current = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(self.fd)
+            try:
+                yield
+            finally:
+                _setns(current)
+        finally:
+            os.close(current)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _setns(fd: int) -> None:
+    clone_newnet = 0x40000000
+    if hasattr(os, "setns"):
+        os.setns(fd, clone_newnet)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, clone_newnet) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class _InterfaceLock:
+    """An flock per (network namespace, interface): one Marker per interface at a time."""
+
+    def __init__(self, ifname: str) -> None:
+        import fcntl
+
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        self.path = LOCK_DIR / f"{_netns_id()}-{ifname}.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise AttachConflictError(
+                f"another flowlabel marker is attached to {ifname!r}; close it first "
+                "(one marker per interface)"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _Attachment:
+    """The classifier on one interface's egress, as a TCX link or a cls_bpf filter."""
+
+    def __init__(self, marker: Marker, link: Any, program: Program, mode: str, remove_qdisc: bool) -> None:
+        self.name = link.name
+        self.ifindex = link.index
+        self._lib, self._ffi = marker._lib, marker._ffi
+        self._lock = _InterfaceLock(link.name)
+        self._link: Any = self._ffi.NULL
+        self.created_qdisc = False
+        self._remove_qdisc = remove_qdisc
+        try:
+            if mode in ("auto", "tcx") and self._attach_tcx(program, required=mode == "tcx"):
+                self.mode = "tcx"
+            else:
+                self._attach_tc(program)
+                self.mode = "tc"
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _attach_tcx(self, program: Program, *, required: bool) -> bool:
+        ffi, lib = self._ffi, self._lib
+        if program.program_name[:15] in tcx_program_names(self.ifindex):
+            raise AttachConflictError(
+                f"a TCX link of another {program.program_name} program is already on {self.name!r} egress; "
+                "is a marker running in another mount namespace?"
+            )
+        lib.fl_log_clear()
+        link = lib.bpf_program__attach_tcx(program.bpf_program, self.ifindex, ffi.NULL)
+        if link != ffi.NULL:
+            self._link = link
+            return True
+        err = ffi.errno
+        if err == errno.ENODEV:
+            raise InterfaceError(f"network interface {self.name!r} disappeared while attaching")
+        if required or err in (errno.EPERM, errno.EACCES):
+            raise _errno_error(f"attaching a TCX link to {self.name!r}", err)
+        return False  # this kernel has no TCX: fall back to clsact
+
+    def _attach_tc(self, program: Program) -> None:
+        ffi, lib = self._ffi, self._lib
+        created = lib.fl_tc_hook_create(self.ifindex)
+        if created < 0:
+            raise _errno_error(f"creating the clsact qdisc on {self.name!r}", created)
+        self.created_qdisc = created == 1
+        prog_id = ffi.new("uint32_t *")
+        err = lib.fl_tc_query(self.ifindex, TC_HANDLE, TC_PRIORITY, prog_id)
+        if err:
+            raise _errno_error(f"querying the egress filters of {self.name!r}", err)
+        if prog_id[0]:
+            # Our handle and priority are taken. Under our lock that can only be
+            # a marker whose process died: replace it. Anything else is not ours.
+            name = ffi.new("char[]", 64)
+            lib.fl_prog_name(prog_id[0], name, 64)
+            if ffi.string(name).decode() != program.program_name[:15]:
+                raise AttachConflictError(
+                    f"a filter of another program sits at handle {TC_HANDLE:#x} priority {TC_PRIORITY:#x} "
+                    f"on {self.name!r} egress; remove it or use attach mode 'tcx'"
+                )
+        err = lib.fl_tc_attach(self.ifindex, program.prog_fd, TC_HANDLE, TC_PRIORITY, 1 if prog_id[0] else 0)
+        if err:
+            raise _errno_error(f"attaching a cls_bpf filter to {self.name!r}", err)
+
+    def detach(self) -> None:
+        """Leave the interface as it was found. Safe to call twice; a vanished interface is fine."""
+        try:
+            if self._link != self._ffi.NULL:
+                self._lib.bpf_link__destroy(self._link)
+                self._link = self._ffi.NULL
+            elif self.mode == "tc":
+                self.mode = "detached"
+                err = self._lib.fl_tc_detach(self.ifindex, TC_HANDLE, TC_PRIORITY)
+                if err and abs(err) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                    raise _errno_error(f"detaching from {self.name!r}", err)
+                if self.created_qdisc and self._remove_qdisc and not _has_filters(self.ifindex):
+                    self._lib.fl_tc_hook_destroy(self.ifindex)
+        finally:
+            self._lock.release()
+
+
+def tcx_program_names(ifindex: int) -> list[str]:
+    """Names of the programs on an interface's TCX egress, as the kernel reports them."""
+    ffi, lib = _extension()
+    ids = ffi.new("uint32_t[]", 64)
+    count = ffi.new("uint32_t *", 64)
+    err = lib.fl_tcx_progs(ifindex, ids, count)
+    if err:
+        return []  # no TCX on this kernel, or the interface is gone
+    names = []
+    name = ffi.new("char[]", 64)
+    for i in range(count[0]):
+        if lib.fl_prog_name(ids[i], name, 64) == 0:
+            names.append(ffi.string(name).decode())
+    return names
+
+
+def _has_filters(ifindex: int) -> bool:
+    """Whether any filter sits on the interface's clsact hooks (someone else's, after our detach)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for parent in (0xFFFFFFF2, 0xFFFFFFF3):  # clsact ingress, egress
+            try:
+                if ipr.get_filters(index=ifindex, parent=parent):
+                    return True
+            except Exception:
+                continue
+    return False
+
+
+class Marker:
+    """The classifier attached to the egress of interfaces, and its flows.
+
+    ``with Marker(["eth0"]) as m: m.add(flow, label)`` marks every packet of
+    ``flow`` leaving eth0 with ``label`` until the flow is removed or the Marker
+    closes. ``attach`` is ``"tcx"`` (a TCX link, kernel 6.6+), ``"tc"`` (a clsact
+    qdisc with a direct-action cls_bpf filter) or ``"auto"``. ``remove_qdisc``
+    deletes on close a clsact qdisc this Marker created (never one that was there
+    before, nor one that others have put filters on since).
+
+    One Marker per interface: a second one on the same interface raises
+    AttachConflictError until the first closes (or its process dies).
+    """
+
+    def __init__(
+        self,
+        interfaces: Iterable[str] = ("lo",),
+        *,
+        attach: str = "auto",
+        remove_qdisc: bool = False,
+        program_path: Union[str, os.PathLike[str], None] = None,
+        debug: bool = False,
+        max_flows: int = 131072,
+    ) -> None:
+        if attach not in ATTACH_MODES:
+            raise ValueError(f"attach mode must be one of {', '.join(ATTACH_MODES)}, not {attach!r}")
+        if not 1 <= max_flows <= 1 << 24:
+            raise ValueError(f"max_flows must be between 1 and {1 << 24}, not {max_flows}")
+        self._ffi, self._lib = _extension()
+        self.attach_mode = attach
+        self.max_flows = max_flows
+        self._remove_qdisc = remove_qdisc
+        self._program_path = program_path
+        self._debug = debug
+        self._tcx = attach == "tcx" or (attach == "auto" and _kernel_release() >= TCX_KERNEL)
+        self._programs: dict[bool, Program] = {}  # by l3
+        self._attachments: dict[str, _Attachment] = {}
+        self._count = 0
+        self._local: frozenset[Any] = frozenset()
+        self._local_read = 0.0
+        self._closed = False
+        self._home = _NetnsHome()
+        try:
+            for name in dict.fromkeys(interfaces):
+                self.attach(name)
+        except BaseException:
+            self.close()
+            raise
+        _open_markers.add(self)
+
+    # -- programs and interfaces ----------------------------------------------
+
+    def _program(self, l3: bool) -> Program:
+        prog = self._programs.get(l3)
+        if prog is None:
+            other = next(iter(self._programs.values()), None)
+            capacity = self.max_flows + max(_LRU_SLACK_MIN, self.max_flows // 4)
+            prog = Program(self._program_path, debug=self._debug, l3=l3, max_flows=capacity,
+                           tcx=self._tcx, share_flows_with=other)
+            self._programs[l3] = prog
+            if other is None:
+                self._bind_map(prog)
+        return prog
+
+    def _bind_map(self, prog: Program) -> None:
+        ffi = self._ffi
+        self._fd = prog.map_fd
+        self._key = ffi.new("struct flow_key *")
+        self._value = ffi.new("struct flow_value *")
+        self._next = ffi.new("struct flow_key *")
+
+    @property
+    def interfaces(self) -> list[str]:
+        return list(self._attachments)
+
+    def attachment_modes(self) -> dict[str, str]:
+        """How the classifier sits on each interface: ``"tcx"`` or ``"tc"``."""
+        return {name: a.mode for name, a in self._attachments.items()}
+
+    def attach(self, ifname: str) -> None:
+        """Attach to one more interface's egress (again, if it went away and came back)."""
+        from .netif import link
+
+        self._check_open()
+        with self._home.entered():
+            old = self._attachments.pop(ifname, None)
+            if old is not None:
+                old.detach()
+            found = link(ifname)
+            self._attachments[ifname] = _Attachment(self, found, self._program(found.l3),
+                                                    self.attach_mode, self._remove_qdisc)
+
+    def detach(self, ifname: str) -> None:
+        """Take the classifier off one interface; flows stay in the map."""
+        att = self._attachments.pop(ifname, None)
+        if att is None:
+            raise InterfaceError(f"the marker is not attached to {ifname!r}")
+        with self._home.entered():
+            att.detach()
+
+    # -- flows ----------------------------------------------------------------
+
+    def _refresh_local_addresses(self) -> None:
+        """Re-read the host's addresses, at most every couple of seconds."""
+        import time
+
+        from .netif import local_addresses
+
+        now = time.monotonic()
+        if not self._local_read or now - self._local_read > LOCAL_ADDRESS_TTL:
+            with self._home.entered():
+                self._local = local_addresses()
+            self._local_read = now
+
+    def _oriented(self, flow: Flow) -> tuple[Flow, ...]:
+        """The flow as the classifier sees it leave this host; both ways if neither end is local."""
+        if flow.src.version != 6:
+            raise ValueError(f"IPv4 flows have no flow label: {flow}")
+        for attempt in range(2):
+            if flow.src in self._local:
+                return (flow,)
+            if flow.dst in self._local:
+                return (flow.reversed(),)
+            if attempt == 0:
+                self._refresh_local_addresses()
+        return (flow, flow.reversed())
+
+    def _fill_key(self, flow: Flow) -> Any:
+        k = self._key
+        self._ffi.memmove(k.saddr, flow.src.packed, 16)
+        self._ffi.memmove(k.daddr, flow.dst.packed, 16)
+        k.sport = _htons(flow.sport)
+        k.dport = _htons(flow.dport)
+        k.proto = _PROTO_NUMBERS[flow.protocol]
+        return k
+
+    def add(self, flow: Flow, label: int) -> None:
+        """Mark the flow's packets with ``label`` (20 bits); replaces an earlier label."""
+        self._check_open()
+        if not 0 <= label <= 0xFFFFF:
+            raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
+        lib = self._lib
+        self._value.label = label
+        for oriented in self._oriented(flow):
+            key = self._fill_key(oriented)
+            if self._count < self.max_flows:
+                err = lib.bpf_map_update_elem(self._fd, key, self._value, lib.BPF_NOEXIST)
+                if err == 0:
+                    self._count += 1
+                    continue
+                if err != -errno.EEXIST:
+                    raise _errno_error("adding a flow", err)
+            err = lib.bpf_map_update_elem(self._fd, key, self._value, lib.BPF_EXIST)
+            if err == -errno.ENOENT:
+                raise MapFullError(
+                    f"the flow map is full ({self.max_flows} flows); cannot add {oriented}"
+                )
+            if err:
+                raise _errno_error("updating a flow", err)
+
+    def add_many(self, items: Iterable[tuple[Flow, int]]) -> int:
+        """Add many flows with batched map updates; returns how many map entries were written."""
+        self._check_open()
+        pending: list[tuple[Flow, int]] = []
+        for flow, label in items:
+            if not 0 <= label <= 0xFFFFF:
+                raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
+            pending.extend((oriented, label) for oriented in self._oriented(flow))
+        if not pending:
+            return 0
+        ffi, lib = self._ffi, self._lib
+        # New keys count against the capacity; find them first.
+        new = [i for i, (f, _) in enumerate(pending)
+               if lib.bpf_map_lookup_elem(self._fd, self._fill_key(f), self._value) == -errno.ENOENT]
+        if self._count + len(new) > self.max_flows:
+            raise MapFullError(
+                f"the flow map is full: {self._count} of {self.max_flows} flows in use, "
+                f"{len(new)} more asked for"
+            )
+        keys = ffi.new("struct flow_key[]", len(pending))
+        values = ffi.new("struct flow_value[]", len(pending))
+        for i, (f, label) in enumerate(pending):
+            ffi.memmove(ffi.addressof(keys, i), self._fill_key(f), ffi.sizeof("struct flow_key"))
+            values[i].label = label
+        count = ffi.new("uint32_t *", len(pending))
+        err = lib.bpf_map_update_batch(self._fd, keys, values, count, ffi.NULL)
+        if err:
+            raise _errno_error("adding flows in a batch", err)
+        self._count += len(new)
+        return int(count[0])
+
+    def remove(self, flow: Flow) -> bool:
+        """Stop marking the flow; False if it was not marked."""
+        self._check_open()
+        removed = False
+        for oriented in self._oriented(flow):
+            err = self._lib.bpf_map_delete_elem(self._fd, self._fill_key(oriented))
+            if err == 0:
+                self._count -= 1
+                removed = True
+            elif err != -errno.ENOENT:
+                raise _errno_error("removing a flow", err)
+        return removed
+
+    def get(self, flow: Flow) -> Optional[int]:
+        """The label the flow's packets get, or None."""
+        self._check_open()
+        for oriented in self._oriented(flow):
+            err = self._lib.bpf_map_lookup_elem(self._fd, self._fill_key(oriented), self._value)
+            if err == 0:
+                return int(self._value.label)
+            if err != -errno.ENOENT:
+                raise _errno_error("reading a flow", err)
+        return None
+
+    def _keys(self) -> Iterator[bytes]:
+        ffi, lib = self._ffi, self._lib
+        prev: Any = ffi.NULL
+        while True:
+            err = lib.bpf_map_get_next_key(self._fd, prev, self._next)
+            if err:
+                return
+            raw = bytes(ffi.buffer(self._next))
+            yield raw
+            prev = ffi.from_buffer(raw)
+
+    def __iter__(self) -> Iterator[tuple[Flow, int]]:
+        """The map's entries as (flow in egress orientation, label)."""
+        self._check_open()
+        ffi, lib = self._ffi, self._lib
+        key = ffi.new("struct flow_key *")
+        for raw in list(self._keys()):
+            ffi.memmove(key, raw, len(raw))
+            if lib.bpf_map_lookup_elem(self._fd, key, self._value) != 0:
+                continue  # removed meanwhile
+            yield _flow_of(key), int(self._value.label)
+
+    def __len__(self) -> int:
+        """Map entries in use (a flow inserted both ways counts twice)."""
+        return self._count
+
+    def clear(self) -> None:
+        """Remove every flow."""
+        self._check_open()
+        for raw in list(self._keys()):
+            self._lib.bpf_map_delete_elem(self._fd, self._ffi.from_buffer(raw))
+        self._count = 0
+
+    def counters(self) -> dict[str, int]:
+        """The classifier's counters, summed over CPUs and over its copies."""
+        self._check_open()
+        totals: dict[str, int] = {}
+        for prog in self._programs.values():
+            for name, value in prog.counters().items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+    # -- lifetime -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MarkerError("the marker is closed")
+
+    def close(self) -> None:
+        """Detach from every interface and unload. Idempotent; run at interpreter exit too."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        with self._home.entered():
+            for att in self._attachments.values():
+                try:
+                    att.detach()
+                except MarkerError as exc:
+                    errors.append(exc)
+        self._attachments.clear()
+        self._home.close()
+        for prog in self._programs.values():
+            prog.close()
+        self._programs.clear()
+        _open_markers.discard(self)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Marker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _htons(value: int) -> int:
+    return ((value & 0xFF) << 8) | (value >> 8) if sys.byteorder == "little" else value
+
+
+def _flow_of(key: Any) -> Flow:
+    import ipaddress
+
+    ffi = _extension()[0]
+    return Flow(
+        _PROTO_NAMES.get(int(key.proto), str(int(key.proto))),
+        ipaddress.IPv6Address(bytes(ffi.buffer(key.saddr))),
+        ipaddress.IPv6Address(bytes(ffi.buffer(key.daddr))),
+        _htons(int(key.sport)),
+        _htons(int(key.dport)),
+    )
+
+
+_open_markers: weakref.WeakSet[Marker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_markers() -> None:
+    for marker in list(_open_markers):
+        try:
+            marker.close()
+        except MarkerError:
             pass

@@ -1,0 +1,167 @@
+"""Network namespaces, veth pairs and packet capture for end-to-end tests.
+
+Everything is created with iproute2's ``ip`` and removed again; sockets are
+opened inside a namespace by entering it for the duration of a ``with`` block
+(network namespaces are per thread, and a socket stays in the namespace it was
+created in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+CLONE_NEWNET = 0x40000000
+ETH_P_ALL = 0x0003
+ETH_P_IPV6 = 0x86DD
+_counter = itertools.count()
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=check)
+
+
+def unique(prefix: str) -> str:
+    """A name unique to this process and call, short enough for an interface."""
+    return f"{prefix}{os.getpid() % 10000}{next(_counter)}"
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):
+        os.setns(fd, CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class Namespace:
+    """A named network namespace with its loopback up; deleted on close."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or unique("fl")
+        sh("ip", "netns", "add", self.name)
+        self.ip("link", "set", "lo", "up")
+        # Unmarked packets then carry label 0, so any other value is the marker's doing;
+        # without DAD, link-local addresses work at once and neighbour discovery is quick.
+        self.run("sysctl", "-qw", "net.ipv6.auto_flowlabels=0", "net.ipv6.conf.all.accept_dad=0",
+                 "net.ipv6.conf.default.accept_dad=0")
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "-n", self.name, *args, check=check)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.name, *args, check=check)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Run the block (this thread) inside the namespace."""
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            yield
+        finally:
+            _setns(home)
+            os.close(target)
+            os.close(home)
+
+    def close(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+    def __enter__(self) -> Namespace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def veth_pair(a: Namespace, b: Namespace, addr_a: str, addr_b: str) -> tuple[str, str]:
+    """A veth pair between two namespaces with IPv6 addresses (no DAD wait); returns the names."""
+    name_a, name_b = unique("va"), unique("vb")
+    sh("ip", "link", "add", name_a, "netns", a.name, "type", "veth", "peer", "name", name_b, "netns", b.name)
+    for ns, name, addr in ((a, name_a, addr_a), (b, name_b, addr_b)):
+        ns.ip("addr", "add", f"{addr}/64", "dev", name, "nodad")
+        ns.ip("link", "set", name, "up")
+    # Static neighbours: a first packet then leaves at once instead of waiting
+    # for neighbour discovery on links that have only just come up.
+    for ns, name, peer_ns, peer_name, peer_addr in ((a, name_a, b, name_b, addr_b), (b, name_b, a, name_a, addr_a)):
+        mac = json.loads(peer_ns.ip("-j", "link", "show", "dev", peer_name).stdout)[0]["address"]
+        ns.ip("neigh", "replace", peer_addr, "lladdr", mac, "dev", name, "nud", "permanent")
+    return name_a, name_b
+
+
+class Packet(NamedTuple):
+    """What the tests look at in a captured IPv6 packet."""
+
+    label: int
+    traffic_class: int
+    protocol: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    length: int
+
+
+def parse_ipv6(frame: bytes, l2: bool = True) -> Packet | None:
+    """TCP/UDP over IPv6 (no extension headers: what local sockets send); None for anything else."""
+    if l2:
+        if len(frame) < 14 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IPV6:
+            return None
+        frame = frame[14:]
+    if len(frame) < 44 or frame[0] >> 4 != 6 or frame[6] not in (6, 17):
+        return None
+    word = struct.unpack_from("!I", frame, 0)[0]
+    sport, dport = struct.unpack_from("!HH", frame, 40)
+    return Packet(word & 0xFFFFF, (word >> 20) & 0xFF, frame[6],
+                  socket.inet_ntop(socket.AF_INET6, frame[8:24]),
+                  socket.inet_ntop(socket.AF_INET6, frame[24:40]), sport, dport, len(frame))
+
+
+class Capture:
+    """An AF_PACKET capture on one interface; open it inside the interface's namespace."""
+
+    def __init__(self, ifname: str, outgoing_only: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind((ifname, 0))
+        self.sock.setblocking(False)
+        self.outgoing_only = outgoing_only
+        self.packets: list[Packet] = []
+
+    def drain(self, quiet: float = 0.3, limit: float = 5.0) -> list[Packet]:
+        """Read until nothing arrives for ``quiet`` seconds; returns all packets seen so far."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.sock], [], [], quiet)
+            if not ready:
+                break
+            while True:
+                try:
+                    frame, addr = self.sock.recvfrom(1 << 17)
+                except BlockingIOError:
+                    break
+                if self.outgoing_only and addr[2] != socket.PACKET_OUTGOING:
+                    continue
+                packet = parse_ipv6(frame)
+                if packet is not None:
+                    self.packets.append(packet)
+        return self.packets
+
+    def of(self, sport: int, dport: int) -> list[Packet]:
+        return [p for p in self.packets if (p.sport, p.dport) == (sport, dport)]
+
+    def close(self) -> None:
+        self.sock.close()
