@@ -22,12 +22,19 @@ Firefly (SciTags firefly message, version 1)
 ---------------------------------------------
 The JSON object of the published firefly schema, bare or behind an RFC 5424
 syslog header such as
-``<134>1 2024-03-28T08:58:48.899646+00:00 host xrootd - firefly-json - {...}``.
+``<134>1 2024-03-28T08:58:48.899646+00:00 host xrootd - firefly-json - {...}``
+(any structured data and a byte order mark before the JSON are skipped).
 Members the schema requires must be present and well typed; ``afi`` must match
-the addresses and an ``end`` message needs ``end-time``. Members this package
-does not use (``usage``, ``netlink``, ``current-time`` and any unknown ones) are
-ignored. Errors name the member by its JSON path, e.g.
-``flow-lifecycle.state``. See :func:`parse_firefly` and :func:`format_firefly`.
+the addresses, ports must be 1-65535 and an ``end`` message needs
+``end-time``. Experiment and activity IDs must also fit the flow label (0-511,
+0-63), which the schema does not demand. Errors name the member by its JSON
+path, e.g. ``flow-lifecycle.state``.
+
+Parsing is lenient where that loses nothing: members this package does not use
+(``usage``, ``netlink``, unknown ones at any level) are ignored, ``current-time``
+only has to be a string, the words of ``state``, ``afi`` and ``protocol`` may
+be in any case, and trailing white space or NUL bytes are dropped. See
+:func:`parse_firefly` and :func:`format_firefly`.
 
 HTTP API event object
 ---------------------
@@ -56,10 +63,11 @@ For example::
      "experiment": "atlas", "activity": "Production Input",
      "start_time": "2024-03-28T08:58:48.899646Z", "application": "xrootd 5.6.9"}
 
-Names are accepted only when the server has a registry; they match
-case-insensitively and with ``-``, ``_`` and spaces alike. Unknown members are
-rejected, naming the member. :func:`format_api` writes all members, with IDs as
-integers, times in UTC and null for absent optional values.
+A string of decimal digits counts as the ID it spells. Names are accepted only
+when the server has a registry; they match case-insensitively and with ``-``,
+``_`` and spaces alike. Unknown members are rejected, naming the member.
+:func:`format_api` writes all members, with IDs as integers, times in UTC and
+null for absent optional values.
 
 Times
 -----
@@ -201,7 +209,10 @@ def _show(value: object) -> str:
     """A short rendering of ``value`` for error messages."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"a {value.bit_length()}-bit integer"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # e.g. RecursionError on deeply nested lists
+        return f"<unprintable {type(value).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -732,20 +743,25 @@ def parse_api(obj: Mapping[str, Any] | Data, registry: Registry | None = None) -
     missing: list[str] = [key for key in _API_REQUIRED if key not in obj]
     if missing:
         raise EventError(missing[0], "required key missing")
+    # Checked in the order of the documented fields, so the first bad one is reported.
+    state = _choice(obj["state"], STATES, "state")
+    protocol = _choice(obj["protocol"], PROTOCOLS, "protocol")
     src = _address(obj["src_ip"], "src_ip")
+    sport = _int(_integral(obj["src_port"]), "src_port", 0, 65535)
     dst = _address(obj["dst_ip"], "dst_ip")
+    dport = _int(_integral(obj["dst_port"]), "dst_port", 0, 65535)
     _same_family(src, dst, "dst_ip")
     experiment, activity = _resolve(
         _integral(obj["experiment"]), _integral(obj["activity"]), registry, ("experiment", "activity")
     )
     return _new_event(
         (
-            _choice(obj["state"], STATES, "state"),
-            _choice(obj["protocol"], PROTOCOLS, "protocol"),
+            state,
+            protocol,
             src,
             dst,
-            _int(_integral(obj["src_port"]), "src_port", 0, 65535),
-            _int(_integral(obj["dst_port"]), "dst_port", 0, 65535),
+            sport,
+            dport,
             experiment,
             activity,
             _optional_time(obj.get("start_time"), "start_time"),

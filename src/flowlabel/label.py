@@ -85,7 +85,10 @@ def _show(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         # repr() of a huge int is slow, and refused beyond sys.get_int_max_str_digits().
         return repr(value) if value.bit_length() <= 64 else f"a {value.bit_length()}-bit integer"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # e.g. RecursionError on deeply nested lists
+        text = "<unprintable>"
     text = text if len(text) <= 40 else text[:37] + "..."
     return f"{text} ({type(value).__name__})"
 

@@ -441,5 +441,8 @@ _KIND_NAMES = {int: "an integer", str: "a string"}
 
 
 def _short(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # e.g. RecursionError on deeply nested lists
+        return f"<unprintable {type(value).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."

@@ -839,6 +839,15 @@ def test_parse_api_rejects(obj: Any, field: str) -> None:
     expect_error(field, lambda: parse_api(obj))
 
 
+@pytest.mark.parametrize("key", ["state", "src_ip", "src_port", "experiment", "activity", "start_time"])
+def test_parse_api_survives_absurd_python_values(registry: Registry, key: str) -> None:
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    expect_error(key, lambda: parse_api(api(**{key: nested}), registry))
+    expect_error(key, lambda: parse_api(api(**{key: 10**10000}), registry))
+
+
 def test_parse_api_names_need_a_registry(registry: Registry) -> None:
     assert "names need a registry" in str(expect_error("experiment", lambda: parse_api(API_SAMPLE)))
     expect_error("activity", lambda: parse_api({**API_SAMPLE, "activity": "Prod Input"}, registry))
