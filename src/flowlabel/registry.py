@@ -128,6 +128,8 @@ class _Index:
             )
         text = name_or_id.strip()
         if _is_decimal(text):
+            if len(text) > 20:  # no such ID, and int() of huge digit strings is slow
+                raise UnknownNameError(f"no {self.kind} with ID {_short(text)}{scope}", ())
             return self.find(int(text), scope)
         entry = self.by_name.get(text) or self.by_key.get(normalise(text))
         if entry is not None:
@@ -136,13 +138,15 @@ class _Index:
 
     def unknown(self, name: str, scope: str) -> UnknownNameError:
         names = {normalise(n): n for n in self.by_name}
-        close = difflib.get_close_matches(normalise(name), list(names), n=3, cutoff=0.6)
-        suggestions = [names[k] for k in close]
+        suggestions: list[str] = []
+        if len(name) <= 200:  # difflib is quadratic; nothing that long is a typo of a name
+            close = difflib.get_close_matches(normalise(name), list(names), n=3, cutoff=0.6)
+            suggestions = [names[k] for k in close]
         if suggestions:
             hint = "did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
         else:
             hint = "known: " + ", ".join(repr(n) for n in sorted(self.by_name, key=str.casefold))
-        return UnknownNameError(f"unknown {self.kind} {name!r}{scope}; {hint}", suggestions)
+        return UnknownNameError(f"unknown {self.kind} {_short(name)}{scope}; {hint}", suggestions)
 
 
 @dataclass(frozen=True)

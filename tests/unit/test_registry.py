@@ -108,6 +108,13 @@ def test_unknown_ids(registry: Registry) -> None:
         registry.activity("atlas", "60")
 
 
+def test_absurd_lookups_fail_cleanly(registry: Registry) -> None:
+    with pytest.raises(UnknownNameError, match="no experiment with ID '99999"):
+        registry.experiment("9" * 100_000)
+    with pytest.raises(UnknownNameError, match=r"unknown activity 'x{50,60}\.\.\. for experiment 'atlas'"):
+        registry.activity("atlas", "x" * 1_000_000)
+
+
 def test_unknown_name_error_is_lookup_and_value_error() -> None:
     assert issubclass(UnknownNameError, LookupError)
     assert issubclass(UnknownNameError, ValueError)
