@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, TextIO
 
 from .errors import MarkerError
 
@@ -40,7 +40,7 @@ def missing_capabilities(have: set[str]) -> list[str]:
     return [cap for cap in NEEDED if cap not in have]
 
 
-def run_check(out: TextIO = sys.stdout, object_path: Optional[str] = None) -> None:
+def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
     """Print the report; raise CheckFailed at the first thing that stops the marker."""
     def row(name: str, value: str) -> None:
         print(f"{name:<14}{value}", file=out, flush=True)
@@ -84,7 +84,7 @@ def run_check(out: TextIO = sys.stdout, object_path: Optional[str] = None) -> No
     )
 
 
-def main(object_path: Optional[str] = None, out: TextIO = sys.stdout,
+def main(object_path: str | None = None, out: TextIO = sys.stdout,
          err: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> int:
     try:
         run_check(out, object_path)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import struct
 import sys
 import weakref
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Union
 
 from .errors import (
     AttachConflictError,
@@ -131,13 +133,14 @@ class Program:
         max_flows: int = 131072,
         program: str = PROGRAM_NAME,
         tcx: bool = False,
-        share_flows_with: Optional[Program] = None,
+        share_flows_with: Program | None = None,
     ) -> None:
         self._ffi, self._lib = _extension()
         self._obj: Any = self._ffi.NULL
         if not BTF_PATH.exists():
             raise NoBTFError(
-                f"the kernel has no BTF ({BTF_PATH} is missing); use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+                f"the kernel has no BTF ({BTF_PATH} is missing); "
+                "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
             )
         self.path = Path(path) if path is not None else bundled_object()
         self._open()
@@ -213,7 +216,7 @@ class Program:
         self.map_fd = int(lib.bpf_map__fd(self._flows)) if self._flows != ffi.NULL else -1
         self.counters_fd = int(lib.bpf_map__fd(self._counters)) if self._counters != ffi.NULL else -1
         self._ncpus = int(lib.libbpf_num_possible_cpus())
-        self._key = ffi.new("struct flow_key *")
+        self._pack_key = key_packer(ffi)
         self._value = ffi.new("struct flow_value *")
 
     # -- facts ----------------------------------------------------------------
@@ -255,13 +258,7 @@ class Program:
         """Pack a ``struct flow_key`` (ports in host byte order, addresses 16 bytes)."""
         if len(saddr) != 16 or len(daddr) != 16:
             raise ValueError("flow keys hold 16-byte IPv6 addresses")
-        k = self._key
-        k.saddr = saddr
-        k.daddr = daddr
-        k.sport = int.from_bytes(sport.to_bytes(2, "big"), sys.byteorder)
-        k.dport = int.from_bytes(dport.to_bytes(2, "big"), sys.byteorder)
-        k.proto = protocol
-        return bytes(self._ffi.buffer(k))
+        return self._pack_key(saddr, daddr, sport, dport, protocol)
 
     def set_label(self, key: bytes, label: int) -> None:
         """Insert or replace the label of one flow key."""
@@ -270,7 +267,7 @@ class Program:
         if err:
             raise _errno_error("updating the flow map", err)
 
-    def get_label(self, key: bytes) -> Optional[int]:
+    def get_label(self, key: bytes) -> int | None:
         err = self._lib.bpf_map_lookup_elem(self.map_fd, key, self._value)
         if err == -errno.ENOENT:
             return None
@@ -328,10 +325,8 @@ class Program:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 # -- attaching to interfaces and managing flows ----------------------------------
@@ -353,6 +348,26 @@ _PROTO_NAMES = {v: k for k, v in _PROTO_NUMBERS.items()}
 # over CPUs, and an update takes a fresh node even for an existing key), so it
 # is sized above the capacity the Marker enforces.
 _LRU_SLACK_MIN = 1024
+
+
+def key_packer(ffi: Any) -> Callable[[bytes, bytes, int, int, int], bytes]:
+    """A fast packer of ``struct flow_key`` (saddr, daddr, sport, dport, proto).
+
+    Its format is derived from the layout cffi read from bpf/marker.h, so it
+    follows that header; ports are in network byte order, padding is zero.
+    """
+    fields = {"saddr": "16s", "daddr": "16s", "sport": "H", "dport": "H", "proto": "B"}
+    fmt, pos = ">", 0
+    for name in sorted(fields, key=lambda n: ffi.offsetof("struct flow_key", n)):
+        offset = ffi.offsetof("struct flow_key", name)
+        fmt += f"{offset - pos}x" * (offset > pos) + fields[name]
+        pos = offset + struct.calcsize(">" + fields[name])
+    size = ffi.sizeof("struct flow_key")
+    fmt += f"{size - pos}x" * (size > pos)
+    packer = struct.Struct(fmt)
+    if packer.size != size:
+        raise ObjectError(f"struct flow_key has fields this module does not know ({size} bytes)")
+    return packer.pack
 
 
 def _kernel_release() -> tuple[int, int]:
@@ -449,7 +464,7 @@ class _Attachment:
 
     def __init__(self, marker: Marker, link: Any, program: Program, mode: str, remove_qdisc: bool) -> None:
         self.name = link.name
-        self.ifindex = link.index
+        self.ifindex = link.ifindex
         self._lib, self._ffi = marker._lib, marker._ffi
         self._lock = _InterfaceLock(link.name)
         self._link: Any = self._ffi.NULL
@@ -593,7 +608,7 @@ class Marker:
         self._programs: dict[bool, Program] = {}  # by l3
         self._attachments: dict[str, _Attachment] = {}
         self._count = 0
-        self._local: frozenset[Any] = frozenset()
+        self._local: frozenset[bytes] = frozenset()  # packed addresses
         self._local_read = 0.0
         self._closed = False
         self._home = _NetnsHome()
@@ -622,7 +637,7 @@ class Marker:
     def _bind_map(self, prog: Program) -> None:
         ffi = self._ffi
         self._fd = prog.map_fd
-        self._key = ffi.new("struct flow_key *")
+        self._pack_key = key_packer(ffi)
         self._value = ffi.new("struct flow_value *")
         self._next = ffi.new("struct flow_key *")
 
@@ -666,92 +681,84 @@ class Marker:
         now = time.monotonic()
         if not self._local_read or now - self._local_read > LOCAL_ADDRESS_TTL:
             with self._home.entered():
-                self._local = local_addresses()
+                self._local = frozenset(addr.packed for addr in local_addresses())
             self._local_read = now
 
-    def _oriented(self, flow: Flow) -> tuple[Flow, ...]:
-        """The flow as the classifier sees it leave this host; both ways if neither end is local."""
-        if flow.src.version != 6:
+    def _oriented_keys(self, flow: Flow) -> tuple[bytes, ...]:
+        """Map keys of the flow as it leaves this host; both ways if neither end is local."""
+        src, dst = flow.src.packed, flow.dst.packed
+        if len(src) != 16:
             raise ValueError(f"IPv4 flows have no flow label: {flow}")
+        proto = _PROTO_NUMBERS[flow.protocol]
+        pack = self._pack_key
         for attempt in range(2):
-            if flow.src in self._local:
-                return (flow,)
-            if flow.dst in self._local:
-                return (flow.reversed(),)
+            if src in self._local:
+                return (pack(src, dst, flow.sport, flow.dport, proto),)
+            if dst in self._local:
+                return (pack(dst, src, flow.dport, flow.sport, proto),)
             if attempt == 0:
                 self._refresh_local_addresses()
-        return (flow, flow.reversed())
-
-    def _fill_key(self, flow: Flow) -> Any:
-        k = self._key
-        self._ffi.memmove(k.saddr, flow.src.packed, 16)
-        self._ffi.memmove(k.daddr, flow.dst.packed, 16)
-        k.sport = _htons(flow.sport)
-        k.dport = _htons(flow.dport)
-        k.proto = _PROTO_NUMBERS[flow.protocol]
-        return k
+        return (pack(src, dst, flow.sport, flow.dport, proto), pack(dst, src, flow.dport, flow.sport, proto))
 
     def add(self, flow: Flow, label: int) -> None:
         """Mark the flow's packets with ``label`` (20 bits); replaces an earlier label."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if not 0 <= label <= 0xFFFFF:
             raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
-        lib = self._lib
-        self._value.label = label
-        for oriented in self._oriented(flow):
-            key = self._fill_key(oriented)
+        lib, fd, value = self._lib, self._fd, self._value
+        value.label = label
+        for key in self._oriented_keys(flow):
             if self._count < self.max_flows:
-                err = lib.bpf_map_update_elem(self._fd, key, self._value, lib.BPF_NOEXIST)
+                err = lib.bpf_map_update_elem(fd, key, value, lib.BPF_NOEXIST)
                 if err == 0:
                     self._count += 1
                     continue
                 if err != -errno.EEXIST:
                     raise _errno_error("adding a flow", err)
-            err = lib.bpf_map_update_elem(self._fd, key, self._value, lib.BPF_EXIST)
+            err = lib.bpf_map_update_elem(fd, key, value, lib.BPF_EXIST)
             if err == -errno.ENOENT:
-                raise MapFullError(
-                    f"the flow map is full ({self.max_flows} flows); cannot add {oriented}"
-                )
+                raise MapFullError(f"the flow map is full ({self.max_flows} flows); cannot add {flow}")
             if err:
                 raise _errno_error("updating a flow", err)
 
     def add_many(self, items: Iterable[tuple[Flow, int]]) -> int:
         """Add many flows with batched map updates; returns how many map entries were written."""
         self._check_open()
-        pending: list[tuple[Flow, int]] = []
+        pending: list[tuple[bytes, int]] = []
         for flow, label in items:
             if not 0 <= label <= 0xFFFFF:
                 raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
-            pending.extend((oriented, label) for oriented in self._oriented(flow))
+            pending.extend((key, label) for key in self._oriented_keys(flow))
         if not pending:
             return 0
         ffi, lib = self._ffi, self._lib
         # New keys count against the capacity; find them first.
-        new = [i for i, (f, _) in enumerate(pending)
-               if lib.bpf_map_lookup_elem(self._fd, self._fill_key(f), self._value) == -errno.ENOENT]
-        if self._count + len(new) > self.max_flows:
+        new = sum(1 for key, _ in pending
+                  if lib.bpf_map_lookup_elem(self._fd, key, self._value) == -errno.ENOENT)
+        if self._count + new > self.max_flows:
             raise MapFullError(
-                f"the flow map is full: {self._count} of {self.max_flows} flows in use, "
-                f"{len(new)} more asked for"
+                f"the flow map is full: {self._count} of {self.max_flows} flows in use, {new} more asked for"
             )
         keys = ffi.new("struct flow_key[]", len(pending))
         values = ffi.new("struct flow_value[]", len(pending))
-        for i, (f, label) in enumerate(pending):
-            ffi.memmove(ffi.addressof(keys, i), self._fill_key(f), ffi.sizeof("struct flow_key"))
+        ffi.memmove(keys, b"".join(key for key, _ in pending), ffi.sizeof(keys))
+        for i, (_, label) in enumerate(pending):
             values[i].label = label
         count = ffi.new("uint32_t *", len(pending))
         err = lib.bpf_map_update_batch(self._fd, keys, values, count, ffi.NULL)
         if err:
             raise _errno_error("adding flows in a batch", err)
-        self._count += len(new)
+        self._count += new
         return int(count[0])
 
     def remove(self, flow: Flow) -> bool:
         """Stop marking the flow; False if it was not marked."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         removed = False
-        for oriented in self._oriented(flow):
-            err = self._lib.bpf_map_delete_elem(self._fd, self._fill_key(oriented))
+        for key in self._oriented_keys(flow):
+            err = self._lib.bpf_map_delete_elem(self._fd, key)
             if err == 0:
                 self._count -= 1
                 removed = True
@@ -759,11 +766,11 @@ class Marker:
                 raise _errno_error("removing a flow", err)
         return removed
 
-    def get(self, flow: Flow) -> Optional[int]:
+    def get(self, flow: Flow) -> int | None:
         """The label the flow's packets get, or None."""
         self._check_open()
-        for oriented in self._oriented(flow):
-            err = self._lib.bpf_map_lookup_elem(self._fd, self._fill_key(oriented), self._value)
+        for key in self._oriented_keys(flow):
+            err = self._lib.bpf_map_lookup_elem(self._fd, key, self._value)
             if err == 0:
                 return int(self._value.label)
             if err != -errno.ENOENT:
@@ -869,7 +876,5 @@ _open_markers: weakref.WeakSet[Marker] = weakref.WeakSet()
 @atexit.register
 def _close_open_markers() -> None:
     for marker in list(_open_markers):
-        try:
+        with suppress(MarkerError):
             marker.close()
-        except MarkerError:
-            pass

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from .errors import InterfaceError
 
@@ -30,7 +31,7 @@ RT_SCOPE_UNIVERSE = 0
 
 class Link(NamedTuple):
     name: str
-    index: int
+    ifindex: int
     link_type: int
 
     @property

@@ -6,7 +6,6 @@ Each test builds its own network namespaces: ``a`` (fd00::1) runs the Marker,
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import socket
@@ -17,11 +16,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support.netns import Capture, Namespace, parse_ipv6, sh, unique, veth_pair
 
 from flowlabel.errors import AttachConflictError, InterfaceError, MapFullError, ObjectError
 from flowlabel.flow import Flow
 from flowlabel.marker import TC_HANDLE, TC_PRIORITY, Marker, tcx_program_names
+from support.netns import Capture, Namespace, parse_ipv6, unique, veth_pair
 
 pytestmark = pytest.mark.netns
 
@@ -334,7 +333,7 @@ def test_errors_are_clear(pair: Pair, tmp_path) -> None:
             Marker([pair.if_a], program_path=tmp_path / "missing.o")
         junk = tmp_path / "junk.o"
         junk.write_bytes(b"\x7fELF" + b"\0" * 60)
-        with pytest.raises(ObjectError, match="junk.o"):
+        with pytest.raises(ObjectError, match=r"junk\.o"):
             Marker([pair.if_a], program_path=junk)
         with pytest.raises(ValueError, match="attach mode"):
             Marker([pair.if_a], attach="xdp")
@@ -377,7 +376,6 @@ def test_flow_management(pair: Pair) -> None:
         assert marker.get(Flow.of("udp", A, B, 500, 53)) == 500
         marker.clear()
         assert len(marker) == 0 and list(marker) == []
-        assert ipaddress.ip_address(A) in marker._local
     finally:
         with pair.a.entered():
             marker.close()

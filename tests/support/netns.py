@@ -96,7 +96,8 @@ def veth_pair(a: Namespace, b: Namespace, addr_a: str, addr_b: str) -> tuple[str
         ns.ip("link", "set", name, "up")
     # Static neighbours: a first packet then leaves at once instead of waiting
     # for neighbour discovery on links that have only just come up.
-    for ns, name, peer_ns, peer_name, peer_addr in ((a, name_a, b, name_b, addr_b), (b, name_b, a, name_a, addr_a)):
+    for ns, name, peer_ns, peer_name, peer_addr in ((a, name_a, b, name_b, addr_b),
+                                                    (b, name_b, a, name_a, addr_a)):
         mac = json.loads(peer_ns.ip("-j", "link", "show", "dev", peer_name).stdout)[0]["address"]
         ns.ip("neigh", "replace", peer_addr, "lladdr", mac, "dev", name, "nud", "permanent")
     return name_a, name_b
