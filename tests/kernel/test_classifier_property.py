@@ -1,0 +1,196 @@
+"""Property test: the classifier against the reference parser in packets.py.
+
+Frames of every shape the classifier knows, and mangled ones (truncated, bytes
+overwritten, random bytes, odd ethertypes and next headers), with the flow in
+the map or not and look-alike flows beside it. For each: the verdict is
+TC_ACT_OK, the output differs from the input at most in the 20 label bits,
+and those change exactly when the model's 5-tuple is in the map, to the map's
+value. The counters move as the model says.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from harness import Classifier
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from packets import (
+    ETH_P_8021AD,
+    ETH_P_8021Q,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPPROTO_AH,
+    IPPROTO_DSTOPTS,
+    IPPROTO_ESP,
+    IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS,
+    IPPROTO_NONE,
+    IPPROTO_ROUTING,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    LABEL_MASK,
+    TC_ACT_OK,
+    Ext,
+    FlowKey,
+    addr,
+    classify,
+    ethernet,
+    ipv4,
+    ipv6,
+    kernel_refuses,
+    l3_saddr,
+    tcp,
+    udp,
+    with_label,
+)
+
+from flowlabel.marker import Program
+
+pytestmark = pytest.mark.kernel
+
+EXAMPLES = 2500
+
+ADDRS = [addr("2001:db8::1"), addr("2001:db8::2"), addr("2001:db8:ffff::10"), addr("fe80::1")]
+L3_ADDRS = [l3_saddr(a) for a in ADDRS]
+PORTS = [0, 53, 443, 1094, 5001, 40312, 65535]
+WALKED = [IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_AH]
+
+ports = st.one_of(st.sampled_from(PORTS), st.integers(0, 0xFFFF))
+labels = st.integers(0, 0xFFFFFFFF)
+
+
+def mostly(draw: st.DrawFn, common: st.SearchStrategy, rare: st.SearchStrategy, percent: int = 85):
+    """A value from ``common`` about ``percent`` % of the time, else from ``rare``."""
+    return draw(common if draw(st.integers(0, 99)) < percent else rare)
+
+
+@st.composite
+def ext_headers(draw: st.DrawFn) -> Ext:
+    kind = mostly(draw, st.sampled_from(WALKED),
+                  st.one_of(st.sampled_from([IPPROTO_ESP, IPPROTO_NONE]), st.integers(0, 255)))
+    if kind == IPPROTO_FRAGMENT:
+        offset = mostly(draw, st.just(0), st.integers(1, 0x1FFF), 70)
+        return Ext(kind, frag_offset=offset, more=draw(st.booleans()))
+    return Ext(kind, hdrlen=draw(st.sampled_from([0, 0, 1, 1, 2, 3, 4, 31, 255])))
+
+
+@st.composite
+def ipv6_packets(draw: st.DrawFn, l3: bool) -> bytes:
+    pool = L3_ADDRS if l3 else ADDRS
+    saddr = mostly(draw, st.sampled_from(pool), st.binary(min_size=16, max_size=16))
+    daddr = mostly(draw, st.sampled_from(ADDRS), st.binary(min_size=16, max_size=16))
+    proto = mostly(draw, st.sampled_from([IPPROTO_TCP, IPPROTO_UDP]), st.integers(0, 255))
+    payload = draw(st.binary(max_size=24))
+    if proto == IPPROTO_TCP:
+        options = draw(st.sampled_from([b"", b"\x01\x01\x01\x01", bytes([2, 4, 5, 0xB4])]))
+        transport = tcp(draw(ports), draw(ports), payload, options=options)
+    elif proto == IPPROTO_UDP:
+        transport = udp(draw(ports), draw(ports), payload)
+    else:
+        transport = payload
+    exts = mostly(draw, st.lists(ext_headers(), max_size=3), st.lists(ext_headers(), max_size=8), 80)
+    version = mostly(draw, st.just(6), st.integers(0, 15), 95)
+    return ipv6(saddr, daddr, proto, transport, exts=exts, tclass=draw(st.integers(0, 255)),
+                label=draw(st.integers(0, LABEL_MASK)), version=version)
+
+
+vlan_tag = st.tuples(st.sampled_from([ETH_P_8021Q, ETH_P_8021AD]), st.integers(0, 4095))
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """(frame, l3): a frame for the Ethernet program, or a packet for the L3 one."""
+    l3 = mostly(draw, st.just(False), st.just(True), 75)
+    vlan_tags = st.lists(vlan_tag, max_size=2) if draw(st.integers(0, 9)) else st.lists(vlan_tag, min_size=3,
+                                                                                          max_size=4)
+    shape = mostly(draw, st.just("ipv6"), st.sampled_from(["ipv4", "other", "random"]), 80)
+    if shape == "ipv6":
+        packet = draw(ipv6_packets(l3))
+        if not l3:
+            ethertype = mostly(draw, st.just(ETH_P_IPV6), st.integers(0, 0xFFFF), 95)
+            packet = ethernet(packet, ethertype, tags=draw(vlan_tags))
+    elif shape == "ipv4":
+        v4 = ipv4(bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), IPPROTO_TCP, tcp(draw(ports), draw(ports)))
+        packet = v4 if l3 else ethernet(v4, ETH_P_IP, tags=draw(vlan_tags))
+    elif shape == "other":
+        packet = ethernet(draw(st.binary(max_size=60)), draw(st.sampled_from([ETH_P_ARP, 0x88CC, 0x0042])),
+                          tags=draw(vlan_tags))
+    else:
+        packet = draw(st.binary(min_size=14, max_size=120))
+        marker = draw(st.sampled_from([None, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD]))
+        if marker is not None:
+            packet = packet[:12] + struct.pack("!H", marker) + packet[14:]
+
+    # Mangling, now and then: overwrite a few bytes, cut the frame short.
+    if draw(st.integers(0, 3)) == 0:
+        for pos, value in draw(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1,
+                                        max_size=3)):
+            if pos < len(packet):
+                packet = packet[:pos] + bytes([value]) + packet[pos + 1:]
+    if draw(st.integers(0, 3)) == 0:
+        # Mostly beyond what BPF_PROG_TEST_RUN insists on (Ethernet + IPv6 header).
+        shortest = mostly(draw, st.just(min(len(packet), 54)), st.just(0), 80)
+        packet = packet[:draw(st.integers(shortest, len(packet)))]
+    return packet, l3
+
+
+def look_alikes(key: FlowKey) -> list[FlowKey]:
+    """Keys that differ from ``key`` in one field: they must never match it."""
+    other = IPPROTO_UDP if key.proto == IPPROTO_TCP else IPPROTO_TCP
+    return [
+        key._replace(proto=other),
+        key._replace(saddr=key.daddr, daddr=key.saddr, sport=key.dport, dport=key.sport),
+        key._replace(sport=key.dport, dport=key.sport),
+        key._replace(sport=(key.sport + 1) & 0xFFFF),
+        key._replace(daddr=key.daddr[:-1] + bytes([key.daddr[-1] ^ 1])),
+    ]
+
+
+COUNTED = {
+    "non_ipv6": {"seen": 1, "non_ipv6": 1},
+    "unparsed": {"seen": 1, "ipv6": 1, "unparsed": 1},
+    "marked": {"seen": 1, "ipv6": 1, "marked": 1},
+    "missed": {"seen": 1, "ipv6": 1, "missed": 1},
+}
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=frames(), data=st.data())
+def test_classifier_matches_the_model(l2_program: Program, l3_program: Program,
+                                      case: tuple[bytes, bool], data: st.DataObject) -> None:
+    frame, l3 = case
+    marker = Classifier(l3_program if l3 else l2_program, l3=l3)
+    verdict = classify(frame, l3=l3)
+
+    entries: dict[FlowKey, int] = {}
+    if verdict.key is not None:
+        if data.draw(st.booleans(), label="in map"):
+            entries[verdict.key] = data.draw(labels, label="label")
+        for decoy in data.draw(st.lists(st.sampled_from(look_alikes(verdict.key)), max_size=3, unique=True)):
+            entries.setdefault(decoy, data.draw(labels))
+    try:
+        for key, label in entries.items():
+            marker.add(key, label)
+        if kernel_refuses(frame):
+            event("refused by BPF_PROG_TEST_RUN")
+            assert marker.refused(frame)
+            return
+        out = marker.run(frame)
+    finally:
+        marker.clear()
+
+    assert out.run.retval == TC_ACT_OK
+    assert len(out.run.data) == len(frame)
+    label: int | None = entries.get(verdict.key) if verdict.key is not None else None
+    if label is None:
+        assert out.run.data == frame
+        outcome = "missed" if verdict.outcome == "flow" else verdict.outcome
+    else:
+        assert verdict.ip6_offset is not None
+        assert out.run.data == with_label(frame, verdict.ip6_offset, label & LABEL_MASK)
+        outcome = "marked"
+    assert out.counted == COUNTED[outcome]
+    event(f"{'l3' if l3 else 'l2'} {outcome}")
