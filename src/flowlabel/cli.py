@@ -1,12 +1,55 @@
-"""The ``flowlabel`` command line (also ``python -m flowlabel``)."""
+"""The ``flowlabel`` command line (also ``python -m flowlabel``).
+
+Exit status: 0 on success, 1 when the operation failed, 2 for a usage or
+configuration error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .api_client import ApiClient
+    from .config import Config
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Failure(Exception):
+    """One line for stderr, and the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _flow_arguments(parser: argparse.ArgumentParser, *, ids_required: bool) -> None:
+    parser.add_argument("protocol", metavar="PROTOCOL", help="tcp or udp")
+    parser.add_argument("src", metavar="SRC_IP", help="source address (IPv6 flows are marked)")
+    parser.add_argument("sport", metavar="SRC_PORT", type=int, help="source port")
+    parser.add_argument("dst", metavar="DST_IP", help="destination address")
+    parser.add_argument("dport", metavar="DST_PORT", type=int, help="destination port")
+    nargs = None if ids_required else "?"
+    parser.add_argument("experiment", metavar="EXPERIMENT", nargs=nargs, default="0",
+                        help="experiment ID (0-511) or registry name")
+    parser.add_argument("activity", metavar="ACTIVITY", nargs=nargs, default="0",
+                        help="activity ID (0-63) or registry name")
+    parser.add_argument("--application", help="name and version of the application behind the flow")
+    _api_argument(parser)
+
+
+def _api_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api", metavar="URL",
+        help="the daemon's API (default: plugins.api of --config, else http://127.0.0.1:7777)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"flowlabel {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="JSON configuration in flowd-go's format (default: the built-in one: "
+                             "mark on lo, named pipe and API on loopback)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default: info)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser(
+        "run",
+        help="run the daemon",
+        description=(
+            "Run the daemon in the foreground until SIGTERM or SIGINT: read flow events from the "
+            "configured sources (named pipe, firefly listener, HTTP API), mark the flows' packets "
+            "with the classifier, send fireflies and serve metrics. Active flows are kept in "
+            "WORKDIR/flows.json and restored at the next start. Logs go to stderr; a line with "
+            "'ready' says the daemon serves."
+        ),
+    )
 
     check = commands.add_parser(
         "check",
@@ -33,19 +92,249 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--object", metavar="PATH", help="check this BPF object instead of the shipped one")
 
     commands.add_parser("version", help="print the version", description="Print flowlabel's version.")
+
+    label = commands.add_parser(
+        "label",
+        help="encode or decode a SciTags flow label",
+        description="Build the 20-bit flow label for an experiment and activity, or take one apart.",
+    )
+    label_commands = label.add_subparsers(dest="label_command", metavar="ACTION")
+    encode = label_commands.add_parser(
+        "encode",
+        help="experiment and activity to flow label",
+        description=(
+            "Print the flow label for EXPERIMENT and ACTIVITY (IDs, or names from the registry). "
+            "The five entropy bits are random unless --entropy gives them."
+        ),
+    )
+    encode.add_argument("experiment", metavar="EXPERIMENT", help="experiment ID (0-511) or name")
+    encode.add_argument("activity", metavar="ACTIVITY", help="activity ID (0-63) or name")
+    encode.add_argument("--entropy", type=int, metavar="N", help="the entropy bits, 0-31")
+    encode.add_argument("--json", action="store_true", help="print a JSON object")
+    decode = label_commands.add_parser(
+        "decode",
+        help="flow label to experiment, activity and entropy",
+        description="Take a flow label apart (decimal, or hexadecimal with 0x) and name its "
+                    "experiment and activity when the registry knows them.",
+    )
+    decode.add_argument("label", metavar="LABEL", help="the 20-bit flow label, e.g. 0x1003c or 65596")
+    decode.add_argument("--json", action="store_true", help="print a JSON object")
+
+    flows = commands.add_parser(
+        "flows",
+        help="list the active flows of a running daemon",
+        description="Ask a running daemon (through its HTTP API) which flows it marks, with their labels.",
+    )
+    _api_argument(flows)
+    flows.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    start = commands.add_parser(
+        "start",
+        help="send a flow start event to a running daemon",
+        description=(
+            "Tell a running daemon (through its HTTP API) that a flow started, in the named pipe's "
+            "field order, e.g.: flowlabel start tcp 2001:db8::1 2345 2001:db8::2 5777 2 15"
+        ),
+    )
+    _flow_arguments(start, ids_required=True)
+    end = commands.add_parser(
+        "end",
+        help="send a flow end event to a running daemon",
+        description=(
+            "Tell a running daemon (through its HTTP API) that a flow ended, e.g.: "
+            "flowlabel end tcp 2001:db8::1 2345 2001:db8::2 5777 (experiment and activity may follow)"
+        ),
+    )
+    _flow_arguments(end, ids_required=False)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _load_config(path: str | None) -> Config:
+    from .config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        raise _Failure(f"configuration: {exc}", 2) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .daemon import Daemon, StartupError
+
+    config = _load_config(args.config)
+    _setup_logging(args.log_level or config.log_level or "info")
+    daemon = Daemon(config)
+    try:
+        asyncio.run(daemon.run())
+    except StartupError as exc:
+        logging.getLogger("flowlabel").error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _registry(config_path: str | None) -> Any:
+    from .registry import Registry, RegistryError
+
+    source = _load_config(config_path).registry if config_path else None
+    try:
+        return Registry.load(source, timeout=5.0)
+    except RegistryError as exc:
+        raise _Failure(f"registry: {exc}") from None
+
+
+def _label(args: argparse.Namespace) -> int:
+    from . import label as codec
+    from .registry import RegistryError
+
+    registry = _registry(args.config)
+    if args.label_command == "encode":
+        try:
+            experiment, activity = registry.resolve(args.experiment, args.activity)
+            value = codec.encode(experiment, activity, args.entropy)
+        except (RegistryError, codec.LabelError) as exc:
+            raise _Failure(str(exc), 2) from None
+    else:
+        text = args.label.strip().lower()
+        try:
+            value = int(text, 16) if text.startswith("0x") else int(text, 10)
+            codec.decode(value)
+        except ValueError as exc:
+            raise _Failure(f"not a flow label: {args.label!r} ({exc})", 2) from None
+    parts = codec.decode(value)
+    names = _names(registry, parts.experiment, parts.activity)
+    if args.json:
+        print(json.dumps({"label": value, "hex": f"{value:#07x}", **parts._asdict(), **names}))
+    else:
+        exp_name = f" ({names['experiment_name']})" if names.get("experiment_name") else ""
+        act_name = f" ({names['activity_name']})" if names.get("activity_name") else ""
+        print(f"label {value:#07x} ({value}): experiment {parts.experiment}{exp_name}, "
+              f"activity {parts.activity}{act_name}, entropy {parts.entropy}")
+    return 0
+
+
+def _names(registry: Any, experiment: int, activity: int) -> dict[str, str]:
+    from .registry import RegistryError
+
+    names: dict[str, str] = {}
+    try:
+        exp = registry.experiment(experiment)
+        names["experiment_name"] = exp.name
+        names["activity_name"] = exp.activity(activity).name
+    except RegistryError:
+        pass
+    return names
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    from .api_client import DEFAULT_URL, ApiClient, ApiError
+
+    url = args.api
+    if url is None and args.config is not None:
+        api = _load_config(args.config).plugins.api
+        if api is None:
+            raise _Failure(f"{args.config} has no plugins.api: the daemon has no API to talk to", 2)
+        host = f"[{api.bind_address}]" if ":" in api.bind_address else api.bind_address
+        if api.bind_address in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if api.bind_address == "0.0.0.0" else "[::1]"
+        url = f"http://{host}:{api.bind_port}"
+    try:
+        return ApiClient(url or DEFAULT_URL)
+    except ApiError as exc:
+        raise _Failure(str(exc), 2) from None
+
+
+def _flows(args: argparse.Namespace) -> int:
+    from .api_client import ApiError
+
+    try:
+        flows = _client(args).flows()
+    except ApiError as exc:
+        raise _Failure(str(exc)) from None
+    if args.json:
+        print(json.dumps({"flows": flows}, indent=1))
+        return 0
+    if not flows:
+        print("no active flows")
+        return 0
+    rows = [("PROTO", "SOURCE", "DESTINATION", "EXP", "ACT", "LABEL", "SINCE")]
+    for f in flows:
+        src = f"[{f['src_ip']}]:{f['src_port']}"
+        dst = f"[{f['dst_ip']}]:{f['dst_port']}"
+        rows.append((f["protocol"], src, dst, str(f["experiment"]), str(f["activity"]),
+                     f"{f['label']:#07x}", f.get("start_time") or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _event(args: argparse.Namespace) -> int:
+    from .api_client import ApiError
+
+    document: dict[str, Any] = {
+        "protocol": args.protocol,
+        "src_ip": args.src,
+        "src_port": args.sport,
+        "dst_ip": args.dst,
+        "dst_port": args.dport,
+        "experiment": int(args.experiment) if args.experiment.isdigit() else args.experiment,
+        "activity": int(args.activity) if args.activity.isdigit() else args.activity,
+    }
+    if args.application:
+        document["application"] = args.application
+    client = _client(args)
+    try:
+        answer = client.start(document) if args.command == "start" else client.end(document)
+    except ApiError as exc:
+        raise _Failure(str(exc), 2 if exc.status == 400 else 1) from None
+    flow = answer["flow"]
+    label = flow.get("label")
+    detail = f", label {label:#07x}" if isinstance(label, int) else ""
+    print(f"{answer['outcome']}: {flow['protocol']} [{flow['src_ip']}]:{flow['src_port']} -> "
+          f"[{flow['dst_ip']}]:{flow['dst_port']}, experiment {flow['experiment']}, "
+          f"activity {flow['activity']}{detail}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "check":
-        from .check import main as check_main
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check":
+            from .check import main as check_main
 
-        return check_main(args.object)
-    if args.command == "version":
-        print(f"flowlabel {__version__}")
-        return 0
+            return check_main(args.object)
+        if args.command == "version":
+            print(f"flowlabel {__version__}")
+            return 0
+        if args.command == "label":
+            if args.label_command is None:
+                parser.parse_args(["label", "--help"])
+            return _label(args)
+        if args.command == "flows":
+            return _flows(args)
+        if args.command in ("start", "end"):
+            return _event(args)
+    except _Failure as exc:
+        print(f"flowlabel: {exc}", file=sys.stderr)
+        return exc.status
     parser.print_help()
     return 2
 

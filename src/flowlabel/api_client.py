@@ -1,0 +1,83 @@
+"""A client for a running daemon's HTTP API (used by ``flowlabel flows``, ``start`` and ``end``)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["DEFAULT_URL", "ApiClient", "ApiError"]
+
+DEFAULT_URL = "http://127.0.0.1:7777"
+
+
+class ApiError(Exception):
+    """The daemon could not be reached, or it refused the request (``status`` is then set)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiClient:
+    """Talks to the API at ``url`` (``http://host:port``)."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = 5.0) -> None:
+        parts = urlsplit(url if "//" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ApiError(f"not an http:// URL: {url!r}")
+        self.url = f"http://{parts.netloc}"
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._timeout = timeout
+
+    def request(self, method: str, path: str, document: Any = None) -> Any:
+        """Send one request; return the decoded JSON answer or raise :class:`ApiError`."""
+        body = None if document is None else json.dumps(document).encode()
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, socket.timeout):
+                reason = "timed out"
+            raise ApiError(
+                f"cannot reach the flowlabel daemon at {self.url}: {reason} "
+                "(is `flowlabel run` running, with plugins.api enabled?)"
+            ) from None
+        finally:
+            connection.close()
+        try:
+            answer = json.loads(data) if data else None
+        except ValueError:
+            raise ApiError(f"{self.url}{path} answered {response.status} with something other than JSON",
+                           response.status) from None
+        if response.status >= 400:
+            message = answer.get("error") if isinstance(answer, dict) else None
+            raise ApiError(message or f"{method} {path}: HTTP {response.status}", response.status)
+        return answer
+
+    def health(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", "/health")
+        return answer
+
+    def flows(self) -> list[dict[str, Any]]:
+        answer = self.request("GET", "/flows")
+        flows: list[dict[str, Any]] = answer["flows"]
+        return flows
+
+    def start(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Start (or refresh) a flow; ``event`` is an API event object (``state`` may be left out)."""
+        answer: dict[str, Any] = self.request("POST", "/flows", event)
+        return answer
+
+    def end(self, event: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", "/flows/end", event)
+        return answer

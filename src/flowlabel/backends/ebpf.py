@@ -1,0 +1,149 @@
+"""The eBPF backend: keeps the classifier's flow map in step with the active flows.
+
+A batch of changes becomes, per flow, its final state in the batch (a label,
+or gone), so a start and an end of the same flow in one read cancel out and
+every new label goes into the map with one batched update.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from ..config import Ebpf
+from ..errors import InterfaceError, MapFullError, MarkerError
+from ..flow import Flow
+from ..state import ENDED, Change, FlowRecord
+from .prometheus import Family
+
+if TYPE_CHECKING:
+    from ..marker import Marker
+
+__all__ = ["EbpfBackend"]
+
+log = logging.getLogger(__name__)
+
+
+class EbpfBackend:
+    """Marks the flows of the table on the configured (or discovered) interfaces."""
+
+    name = "ebpf"
+
+    def __init__(self, config: Ebpf) -> None:
+        self.config = config
+        self._marker: Marker | None = None
+        self.failures = 0
+
+    @property
+    def interfaces(self) -> list[str]:
+        return self._marker.interfaces if self._marker is not None else []
+
+    def attachment_modes(self) -> dict[str, str]:
+        return self._marker.attachment_modes() if self._marker is not None else {}
+
+    def _target_interfaces(self) -> list[str]:
+        names = self.config.interfaces
+        if self.config.discover_interfaces:
+            from ..netif import discover_interfaces
+
+            found = discover_interfaces()
+            log.info("interfaces with a global IPv6 address or the IPv6 default route: %s",
+                     ", ".join(found) or "none")
+            names = list(dict.fromkeys(names + found))
+        if not names:
+            raise InterfaceError(
+                "no interface to mark on: none is configured and none has a global IPv6 address"
+            )
+        return names
+
+    def start(self, records: Sequence[FlowRecord]) -> list[Flow]:
+        """Load and attach the classifier, then mark ``records``; returns the flows it could not take."""
+        from ..marker import Marker
+
+        cfg = self.config
+        self._marker = Marker(
+            self._target_interfaces(),
+            attach=cfg.attach_mode,
+            remove_qdisc=cfg.remove_qdisc,
+            program_path=cfg.program,
+            debug=cfg.debug_mode,
+            max_flows=cfg.max_flows,
+        )
+        return self._add([(record.flow, record.label) for record in records])
+
+    def apply(self, changes: Iterable[Change]) -> list[Flow]:
+        """Write the changes to the map; returns the flows that could not be added."""
+        final: dict[Flow, int | None] = {}
+        for change in changes:
+            if change.relabel and change.record is not None:
+                final[change.record.flow] = None if change.outcome == ENDED else change.record.label
+        if not final:
+            return []
+        marker = self._marker
+        if marker is None:
+            raise MarkerError("the eBPF backend is not started")
+        adds = []
+        for flow, label in final.items():
+            if label is None:
+                marker.remove(flow)
+            else:
+                adds.append((flow, label))
+        return self._add(adds)
+
+    def _add(self, items: list[tuple[Flow, int]]) -> list[Flow]:
+        marker = self._marker
+        if not items or marker is None:
+            return []
+        try:
+            marker.add_many(items)
+            return []
+        except MapFullError:
+            pass
+        # Some fit: add one by one to find out which.
+        failed = []
+        for flow, label in items:
+            try:
+                marker.add(flow, label)
+            except MapFullError as exc:
+                failed.append(flow)
+                self.failures += 1
+                log.warning("not marked: %s", exc)
+        return failed
+
+    def stop(self) -> None:
+        """Detach from every interface (the interfaces are left as they were found)."""
+        if self._marker is not None:
+            marker, self._marker = self._marker, None
+            marker.close()
+
+    def families(self) -> list[Family]:
+        marker = self._marker
+        if marker is None:
+            return []
+        try:
+            counters = marker.counters()
+        except MarkerError as exc:
+            log.warning("cannot read the classifier's counters: %s", exc)
+            counters = {}
+        modes = marker.attachment_modes()
+        return [
+            Family(
+                "flowlabel_classifier_packets_total",
+                "counter",
+                "Packets the classifier saw, by what it did with them (summed over CPUs)",
+                [((("result", name),), value) for name, value in sorted(counters.items())],
+            ),
+            Family.single("flowlabel_map_entries", "gauge", "Entries in the classifier's flow map",
+                          len(marker)),
+            Family.single("flowlabel_map_capacity", "gauge", "Flows the classifier's map can hold",
+                          marker.max_flows),
+            Family(
+                "flowlabel_interface_attached",
+                "gauge",
+                "Interfaces the classifier is attached to, with how (tcx or tc)",
+                [((("interface", name), ("mode", mode)), 1) for name, mode in sorted(modes.items())],
+            ),
+            Family.single("flowlabel_map_full_total", "counter",
+                          "Flows not marked because the flow map was full", self.failures),
+        ]

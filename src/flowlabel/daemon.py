@@ -1,0 +1,423 @@
+"""``flowlabel run``: the long-lived service that turns flow events into marked packets.
+
+One asyncio loop runs everything: the sources (named pipe, firefly listener,
+HTTP API) hand batches of events to :meth:`Daemon.submit`, which records them
+in the :class:`~flowlabel.state.FlowTable` and passes the changes to the
+backends (eBPF, firefly); metrics count every event by source and outcome.
+
+Lifecycle: the PID file is written first; the active flows of the last run are
+read back from the state file and marked again before any source opens; the
+daemon logs a line containing ``ready`` (and tells systemd, under
+``Type=notify``) once it serves. SIGTERM or SIGINT close the sources, write
+the state file, detach the classifier and remove the pipe and the PID file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from . import __version__
+from .backends.prometheus import Family, Metrics
+from .config import Config
+from .events import FlowEvent
+from .flow import Flow
+from .registry import Registry
+from .state import (
+    ENDED,
+    FAILED,
+    REJECTED,
+    Change,
+    FlowRecord,
+    FlowTable,
+    StateFileError,
+    load_state,
+    save_state,
+)
+
+__all__ = ["Daemon", "StartupError"]
+
+log = logging.getLogger("flowlabel")
+
+#: Rejected inputs logged per second; beyond that they are counted and summed up in one line.
+REJECT_LOG_LIMIT = 50
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+class _Part(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _notify_systemd(state: str) -> None:
+    """Tell systemd about ``state`` (e.g. ``READY=1``) when it runs us with Type=notify."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", state, exc)
+
+
+class PidFile:
+    """The PID file: refuses to start a second daemon, removed at exit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._written = False
+
+    def _running(self) -> int | None:
+        try:
+            with open(self.path) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+        if pid == os.getpid():
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return None  # gone
+        # A recycled PID belongs to some other program.
+        return pid if b"flowlabel" in cmdline else None
+
+    def write(self) -> None:
+        pid = self._running()
+        if pid is not None:
+            raise StartupError(f"flowlabel is already running as process {pid} (PID file {self.path})")
+        directory = os.path.dirname(self.path)
+        try:
+            if directory:
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise StartupError(f"cannot write the PID file {self.path}: {exc.strerror}") from None
+        self._written = True
+
+    def remove(self) -> None:
+        if self._written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self._written = False
+
+
+class Daemon:
+    """The service; :meth:`run` returns when it has been stopped and has cleaned up."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.table = FlowTable()
+        self.metrics = Metrics()
+        self.registry: Registry | None = None
+        self._pid_file = PidFile(config.pid_path)
+        self._sources: list[_Part] = []
+        self._listeners: list[str] = []
+        self._ebpf: Any = None
+        self._firefly: Any = None
+        self._prometheus: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: asyncio.Event | None = None
+        self._started = time.monotonic()
+        # Set once the last run's flows are back: only then may the state file be replaced.
+        self._restored = False
+        self._saved_version = -1
+        self._saves = 0
+        self._save_seconds = 0.0
+        self._reject_second = 0
+        self._rejects_logged = 0
+        self._rejects_unlogged = 0
+        self._summarised: dict[tuple[str, str], int] = {}
+        self.metrics.add_collector(self._families)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT or :meth:`stop`, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._start()
+            log.info("flowlabel %s ready: %s", __version__, "; ".join(self._listeners))
+            _notify_systemd("READY=1")
+            await self._stopping.wait()
+            log.info("stopping")
+            _notify_systemd("STOPPING=1")
+        finally:
+            await self._shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self._pid_file.write()
+        try:
+            os.makedirs(cfg.work_dir, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create the work directory {cfg.work_dir}: {exc.strerror}") from None
+        self.registry = self._load_registry()
+        try:
+            restored = load_state(cfg.state_path)
+        except StateFileError as exc:
+            log.warning("%s; starting without the flows of the last run", exc)
+            restored = []
+        self._start_backends(restored)
+        plugins = cfg.plugins
+        if plugins.named_pipe is None and plugins.api is None and plugins.firefly is None:
+            log.warning("no plugin configured: no flow events will arrive (add plugins.namedPipe, "
+                        "plugins.api or plugins.firefly)")
+        if plugins.named_pipe is not None:
+            from .sources.pipe import PipeSource
+
+            pipe = PipeSource(plugins.named_pipe.pipe_path, self, max_line=plugins.named_pipe.buff_size,
+                              registry=self.registry)
+            await self._start_part(pipe, f"pipe {pipe.path}")
+        if plugins.firefly is not None:
+            from .sources.firefly import FireflySource
+
+            ff = plugins.firefly
+            listener = FireflySource(ff.bind_address, ff.bind_port, self, max_size=ff.buffer_size)
+            await self._start_part(listener, "firefly")
+            host = f"[{ff.bind_address}]" if ":" in ff.bind_address else ff.bind_address
+            self._listeners[-1] = f"fireflies on udp {host}:{listener.port}"
+        if plugins.api is not None:
+            from .sources.api import ApiSource
+
+            api = ApiSource(plugins.api.bind_address, plugins.api.bind_port, self, registry=self.registry)
+            await self._start_part(api, "api")
+            self._listeners[-1] = f"api {api.url}"
+        if self._prometheus is not None:
+            await self._start_part(self._prometheus, "metrics")
+            self._listeners[-1] = f"metrics {self._prometheus.url}"
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._save_periodically()))
+        if cfg.summary_interval > 0:
+            self._tasks.append(loop.create_task(self._summarise_periodically()))
+
+    async def _start_part(self, part: _Part, description: str) -> None:
+        try:
+            await part.start()
+        except OSError as exc:
+            raise StartupError(f"cannot start the {description.split()[0]} source: {exc}") from None
+        self._sources.append(part)
+        self._listeners.append(description)
+
+    def _start_backends(self, restored: list[FlowRecord]) -> None:
+        from .errors import MarkerError
+
+        backends = self.config.backends
+        if backends.ebpf is not None:
+            from .backends.ebpf import EbpfBackend
+
+            self._ebpf = EbpfBackend(backends.ebpf)
+            try:
+                failed = set(self._ebpf.start(restored))
+            except (MarkerError, ValueError) as exc:
+                raise StartupError(f"cannot start marking: {exc}") from None
+            restored = [r for r in restored if r.flow not in failed]
+            modes = self._ebpf.attachment_modes()
+            self._listeners.append(
+                "marking on " + ", ".join(f"{name} ({mode})" for name, mode in modes.items())
+            )
+        else:
+            self._listeners.append("not marking (no ebpf backend)")
+        added = self.table.restore(restored)
+        self._restored = True
+        self._saved_version = self.table.version
+        self._listeners.append(f"{added} flows restored")
+        if backends.firefly is not None:
+            from .backends.firefly import FireflyBackend
+
+            self._firefly = FireflyBackend(backends.firefly)
+            self._firefly.start()
+        if backends.prometheus is not None:
+            from .backends.prometheus import PrometheusBackend
+
+            prom = backends.prometheus
+            self._prometheus = PrometheusBackend(prom.bind_address, prom.bind_port, self.metrics)
+
+    def _load_registry(self) -> Registry:
+        from .registry import RegistryError
+
+        source = self.config.registry
+        cache = os.path.join(self.config.work_dir, "registry-cache.json")
+        try:
+            if source is None:
+                return Registry.bundled()
+            if source.lower().startswith(("http://", "https://")):
+                return Registry.from_url(source, timeout=5.0, cache_path=cache)
+            return Registry.from_file(source)
+        except RegistryError as exc:
+            raise StartupError(f"cannot load the registry: {exc}") from None
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        # Sources first: the pipe hands over what it buffered while the backends still run.
+        for part in reversed(self._sources):
+            try:
+                await part.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(part).__name__)
+        self._sources.clear()
+        if self._restored:
+            self._save(durable=True)
+        for backend in (self._firefly, self._ebpf):
+            if backend is not None:
+                try:
+                    backend.stop()
+                except Exception:
+                    log.exception("stopping the %s backend failed", backend.name)
+        self._firefly = self._ebpf = None
+        self._log_summary(final=True)
+        self._pid_file.remove()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def submit(self, events: Sequence[FlowEvent], source: str) -> list[Change]:
+        apply = self.table.apply
+        changes = [apply(event, source) for event in events]
+        if self._ebpf is not None:
+            changes = self._mark(changes)
+        if self._firefly is not None:
+            self._firefly.apply(changes)
+        counts = self.metrics.events
+        for change in changes:
+            key = (source, change.outcome)
+            counts[key] = counts.get(key, 0) + 1
+        return changes
+
+    def _mark(self, changes: list[Change]) -> list[Change]:
+        from .errors import MarkerError
+
+        try:
+            failed = set(self._ebpf.apply(changes))
+        except MarkerError as exc:
+            log.error("the classifier's map could not be updated: %s", exc)
+            failed = {c.record.flow for c in changes if c.relabel and c.outcome != ENDED and c.record}
+        if not failed:
+            return changes
+        for flow in failed:
+            self.table.discard(flow)
+        return [self._failed(c, failed) for c in changes]
+
+    @staticmethod
+    def _failed(change: Change, failed: set[Flow]) -> Change:
+        if change.record is not None and change.outcome != ENDED and change.record.flow in failed:
+            return change._replace(outcome=FAILED, relabel=False)
+        return change
+
+    def reject(self, source: str, reason: str) -> None:
+        self.metrics.count(source, REJECTED)
+        second = int(time.monotonic())
+        if second != self._reject_second:
+            if self._rejects_unlogged:
+                log.warning("%d more rejected inputs were not logged", self._rejects_unlogged)
+            self._reject_second = second
+            self._rejects_logged = self._rejects_unlogged = 0
+        if self._rejects_logged < REJECT_LOG_LIMIT:
+            self._rejects_logged += 1
+            log.warning("rejected %s input: %s", source, reason)
+        else:
+            self._rejects_unlogged += 1
+
+    # -- views for the API ------------------------------------------------------------------
+
+    def flows(self) -> list[FlowRecord]:
+        return list(self.table)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "active_flows": len(self.table),
+            "interfaces": self._ebpf.interfaces if self._ebpf is not None else [],
+            "events": self.metrics.total(),
+            "rejected": self.metrics.total(REJECTED),
+        }
+
+    def metrics_text(self) -> str:
+        return self.metrics.render()
+
+    def _families(self) -> list[Family]:
+        families = [
+            Family.single("flowlabel_active_flows", "gauge", "Flows being marked", len(self.table)),
+            Family.single("flowlabel_state_saves_total", "counter", "Writes of the state file", self._saves),
+            Family.single("flowlabel_state_save_seconds", "gauge", "How long the last state-file write took",
+                          self._save_seconds),
+        ]
+        for backend in (self._ebpf, self._firefly):
+            if backend is not None:
+                families.extend(backend.families())
+        return families
+
+    # -- the state file and the summary ----------------------------------------------------------
+
+    def _save(self, *, durable: bool = False) -> None:
+        path = self.config.state_path
+        began = time.perf_counter()
+        try:
+            count = save_state(path, self.table, durable=durable)
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", path, exc)
+            return
+        self._save_seconds = time.perf_counter() - began
+        self._saves += 1
+        self._saved_version = self.table.version
+        log.debug("state file %s: %d flows written in %.1f ms", path, count, self._save_seconds * 1000)
+
+    async def _save_periodically(self) -> None:
+        interval = self.config.save_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.table.version != self._saved_version:
+                self._save()
+                # Keep the writes under a tenth of the loop's time, however large the table.
+                interval = max(self.config.save_interval, self._save_seconds * 10)
+
+    async def _summarise_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.summary_interval)
+            if self.metrics.events != self._summarised:
+                self._log_summary()
+
+    def _log_summary(self, *, final: bool = False) -> None:
+        events = self.metrics.events
+        by_outcome: dict[str, int] = {}
+        for (_, outcome), n in events.items():
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + n
+        detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(by_outcome.items()))
+        log.info(
+            "%s%d events%s; %d active flows",
+            "final summary: " if final else "summary: ",
+            sum(by_outcome.values()),
+            f" ({detail})" if detail else "",
+            len(self.table),
+        )
+        self._summarised = dict(events)

@@ -1,0 +1,157 @@
+"""The HTTP API: flow events in, active flows, health and metrics out.
+
+=========================== ==================================================================
+``GET /``                   the endpoints
+``GET /health``             ``{"status": "ok", ...}``: version, uptime, active flows, interfaces
+``GET /metrics``            Prometheus text format
+``GET /flows``              ``{"flows": [...]}``: the active flows with their labels
+``POST /flows``             a flow event (``state`` defaults to ``"start"``), or an array of them
+``POST /flows/end``         end a flow (``state`` defaults to, and must be, ``"end"``)
+``DELETE /flows``           the same as ``POST /flows/end``
+=========================== ==================================================================
+
+Event bodies are the JSON objects of :func:`flowlabel.events.parse_api`. The
+answer to one event is ``{"outcome": ..., "flow": {...}}`` (201 when a flow
+started, 200 otherwise); to an array, ``{"results": [...]}`` with one such
+object, or ``{"error": ...}``, per element. A bad event is answered with 400
+and ``{"error": "field 'src_ip': ..."}`` and counted like any rejected input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from .. import __version__
+from ..events import EventError, FlowEvent, format_api, parse_api
+from ..registry import Registry
+from ..state import STARTED, Change, FlowRecord
+from . import EventSink
+from .http import HTTPServer, Request, Response, error_response, json_response
+
+__all__ = ["ApiSource", "Daemon"]
+
+SOURCE = "api"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Daemon(EventSink, Protocol):
+    """What the API needs from the daemon besides taking events."""
+
+    def flows(self) -> list[FlowRecord]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def metrics_text(self) -> str: ...
+
+
+def _result(change: Change) -> dict[str, Any]:
+    flow = change.record.as_api() if change.record is not None else format_api(change.event)
+    return {"outcome": change.outcome, "flow": flow}
+
+
+def metrics_route(render: Any) -> dict[str, Any]:
+    """The ``/metrics`` route, shared with the Prometheus backend's own listener."""
+
+    def metrics(request: Request) -> Response:
+        return Response(200, render().encode(), PROMETHEUS_TEXT)
+
+    return {"GET": metrics}
+
+
+class ApiSource:
+    """The HTTP API on ``address``:``port`` (``port`` 0 picks a free one)."""
+
+    def __init__(self, address: str, port: int, daemon: Daemon, *, registry: Registry | None = None) -> None:
+        self._daemon = daemon
+        self._registry = registry
+        self._started = time.monotonic()
+        routes = {
+            "/": {"GET": self._root},
+            "/health": {"GET": self._health},
+            "/metrics": metrics_route(daemon.metrics_text),
+            "/flows": {"GET": self._list, "POST": self._post, "DELETE": self._end},
+            "/flows/end": {"POST": self._end},
+        }
+        self._routes = routes
+        self.server = HTTPServer(address, port, routes, name="api")
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def _root(self, request: Request) -> Response:
+        endpoints = [
+            {"method": method, "path": path}
+            for path, methods in self._routes.items()
+            for method in methods
+        ]
+        return json_response(200, {"service": "flowlabel", "version": __version__, "endpoints": endpoints})
+
+    def _health(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok", "version": __version__, **self._daemon.health()})
+
+    def _list(self, request: Request) -> Response:
+        return json_response(200, {"flows": [record.as_api() for record in self._daemon.flows()]})
+
+    def _post(self, request: Request) -> Response:
+        return self._events(request, "start", forced=False)
+
+    def _end(self, request: Request) -> Response:
+        return self._events(request, "end", forced=True)
+
+    # -- event bodies ---------------------------------------------------------------------------
+
+    def _events(self, request: Request, state: str, *, forced: bool) -> Response:
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if content_type not in ("application/json", "text/json", "application/x-www-form-urlencoded", ""):
+            # curl -d sends x-www-form-urlencoded by default; its body is still our JSON.
+            self._daemon.reject(SOURCE, f"request with Content-Type {content_type!r}")
+            return error_response(415, f"send the event as application/json, not {content_type}")
+        try:
+            document = json.loads(request.body)
+        except (ValueError, RecursionError) as exc:
+            self._daemon.reject(SOURCE, f"request body is not JSON: {exc}")
+            return error_response(400, f"the body is not valid JSON: {exc}")
+        if isinstance(document, list):
+            return self._batch(document, state, forced)
+        try:
+            event = self._parse(document, state, forced)
+        except EventError as exc:
+            self._daemon.reject(SOURCE, str(exc))
+            return error_response(400, str(exc))
+        (change,) = self._daemon.submit([event], SOURCE)
+        return json_response(201 if change.outcome == STARTED else 200, _result(change))
+
+    def _batch(self, documents: Sequence[object], state: str, forced: bool) -> Response:
+        results: list[dict[str, Any] | None] = []
+        events: list[FlowEvent] = []
+        for i, document in enumerate(documents):
+            try:
+                events.append(self._parse(document, state, forced))
+                results.append(None)
+            except EventError as exc:
+                self._daemon.reject(SOURCE, f"[{i}]: {exc}")
+                results.append({"error": str(exc)})
+        changes = iter(self._daemon.submit(events, SOURCE))
+        filled = [result if result is not None else _result(next(changes)) for result in results]
+        return json_response(200, {"results": filled})
+
+    def _parse(self, document: object, state: str, forced: bool) -> FlowEvent:
+        if isinstance(document, dict):
+            given = document.get("state", state)
+            if forced and given != state:
+                raise EventError("state", f"must be {state!r} at this endpoint, got {given!r}")
+            if "state" not in document:
+                document = {**document, "state": state}
+        return parse_api(document, self._registry)  # type: ignore[arg-type]
