@@ -15,7 +15,6 @@ import sys
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Union
 
@@ -65,6 +64,8 @@ def libbpf_version() -> str:
 
 def bundled_object() -> Path:
     """The classifier object shipped inside the package."""
+    from importlib import resources
+
     return Path(str(resources.files(__package__).joinpath("marker.bpf.o")))
 
 

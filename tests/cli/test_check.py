@@ -69,3 +69,26 @@ def test_check_rejects_a_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert "does not exist" in line
+
+
+# The host under test is Linux with BTF; the two branches below stand in for
+# hosts that are not, by pointing check at what such a host would show.
+
+def test_check_on_a_host_that_is_not_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowlabel import check
+
+    monkeypatch.setattr(check.sys, "platform", "darwin")
+    lines: list[str] = []
+    assert check.main(err=lines.append) == 1
+    assert lines == ["flowlabel check: this is darwin, not Linux: the marker needs a Linux kernel with eBPF"]
+
+
+@pytest.mark.kernel
+def test_check_on_a_kernel_without_btf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from flowlabel import check, marker
+
+    monkeypatch.setattr(marker, "BTF_PATH", tmp_path / "no-vmlinux")
+    lines: list[str] = []
+    assert check.main(err=lines.append) == 1
+    (line,) = lines
+    assert "no BTF" in line and "CONFIG_DEBUG_INFO_BTF" in line
