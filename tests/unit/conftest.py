@@ -8,10 +8,12 @@ import pytest
 
 from flowlabel.registry import Registry
 
-# Published SciTags reference data kept next to the project; tests that need a
-# file only found there skip without it.
-SHARED_SCITAGS = Path("/work/shared/scitags")
-PACKAGE_DATA = Path(__file__).resolve().parents[2] / "src" / "flowlabel" / "data"
+ROOT = Path(__file__).resolve().parents[2]
+# Published SciTags reference data kept beside the project checkout.
+SHARED_SCITAGS = ROOT.parent / "shared" / "scitags"
+PACKAGE_DATA = ROOT / "src" / "flowlabel" / "data"
+# A copy of the published firefly schema (v1.0.0, trailing commas and all).
+TEST_DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +31,4 @@ def reference_registry_path() -> Path:
 
 @pytest.fixture(scope="session")
 def firefly_schema_path() -> Path:
-    path = SHARED_SCITAGS / "firefly.schema.json"
-    if not path.is_file():
-        pytest.skip(f"the published firefly schema is not at {path}")
-    return path
+    return TEST_DATA / "firefly.schema.json"
