@@ -94,8 +94,12 @@ enum parse_result {
 	PARSE_PULL, /* a header lies beyond the linear data: pull, then retry */
 };
 
-/* Pulls tried before giving up on a packet (each goes one header further). */
+/*
+ * Pulls tried before giving up on a packet. Each pull takes PULL_AHEAD bytes
+ * beyond the header that was missing, so that the next few usually come along.
+ */
 #define MAX_PULLS 4
+#define PULL_AHEAD 128
 
 /*
  * A header ending at end is not in the linear data. Worth a pull if the
@@ -105,9 +109,11 @@ static __always_inline enum parse_result short_header(struct __sk_buff *skb, __u
 						      __u32 *pull_len,
 						      enum parse_result result)
 {
-	if (end > skb->len)
+	__u32 len = skb->len;
+
+	if (end > len)
 		return result;
-	*pull_len = end;
+	*pull_len = end + PULL_AHEAD < len ? end + PULL_AHEAD : len;
 	return PARSE_PULL;
 }
 
@@ -285,7 +291,7 @@ static __always_inline void handle(struct __sk_buff *skb)
 		break;
 	case PARSE_NON_IPV6:
 		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_NON_IPV6, -1);
-		debug("not ipv6 behind vlan tags");
+		debug("not ipv6 behind the link-layer header");
 		return;
 	default: /* unparsed, or still short after MAX_PULLS pulls */
 		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_IPV6, FLOWLABEL_CNT_UNPARSED);
