@@ -137,6 +137,8 @@ class Daemon:
         self._prometheus: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Event | None = None
+        #: Set once every source serves (and cleared again when the daemon stops).
+        self.ready: asyncio.Event | None = None
         self._started = time.monotonic()
         # Set once the last run's flows are back: only then may the state file be replaced.
         self._restored = False
@@ -155,13 +157,16 @@ class Daemon:
         """Start, serve until SIGTERM/SIGINT or :meth:`stop`, then shut down cleanly."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
             log.info("flowlabel %s ready: %s", __version__, "; ".join(self._listeners))
             _notify_systemd("READY=1")
+            self.ready.set()
             await self._stopping.wait()
+            self.ready.clear()
             log.info("stopping")
             _notify_systemd("STOPPING=1")
         finally:

@@ -3,13 +3,20 @@
 A batch of changes becomes, per flow, its final state in the batch (a label,
 or gone), so a start and an end of the same flow in one read cancel out and
 every new label goes into the map with one batched update.
+
+The loader looks up interfaces and addresses with pyroute2, whose synchronous
+API refuses to run in a thread with a running asyncio loop. Every call into
+the :class:`~flowlabel.marker.Marker` therefore runs in one thread of its
+own, and the loop waits for it: the calls take microseconds, and one thread
+keeps them in order and never concurrent.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ..config import Ebpf
 from ..errors import InterfaceError, MapFullError, MarkerError
@@ -24,6 +31,21 @@ __all__ = ["EbpfBackend"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+class _LoaderThread:
+    """Runs calls one at a time in a thread of its own and waits for their result."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowlabel-loader")
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
 
 class EbpfBackend:
     """Marks the flows of the table on the configured (or discovered) interfaces."""
@@ -33,6 +55,7 @@ class EbpfBackend:
     def __init__(self, config: Ebpf) -> None:
         self.config = config
         self._marker: Marker | None = None
+        self._call = _LoaderThread()
         self.failures = 0
 
     @property
@@ -47,7 +70,7 @@ class EbpfBackend:
         if self.config.discover_interfaces:
             from ..netif import discover_interfaces
 
-            found = discover_interfaces()
+            found = self._call(discover_interfaces)
             log.info("interfaces with a global IPv6 address or the IPv6 default route: %s",
                      ", ".join(found) or "none")
             names = list(dict.fromkeys(names + found))
@@ -62,7 +85,8 @@ class EbpfBackend:
         from ..marker import Marker
 
         cfg = self.config
-        self._marker = Marker(
+        self._marker = self._call(
+            Marker,
             self._target_interfaces(),
             attach=cfg.attach_mode,
             remove_qdisc=cfg.remove_qdisc,
@@ -80,49 +104,58 @@ class EbpfBackend:
                 final[change.record.flow] = None if change.outcome == ENDED else change.record.label
         if not final:
             return []
-        marker = self._marker
-        if marker is None:
+        if self._marker is None:
             raise MarkerError("the eBPF backend is not started")
-        adds = []
-        for flow, label in final.items():
-            if label is None:
-                marker.remove(flow)
-            else:
-                adds.append((flow, label))
-        return self._add(adds)
+        removes = [flow for flow, label in final.items() if label is None]
+        if removes:
+            self._call(self._remove, removes)
+        return self._add([(flow, label) for flow, label in final.items() if label is not None])
+
+    def _remove(self, flows: list[Flow]) -> None:
+        assert self._marker is not None
+        for flow in flows:
+            self._marker.remove(flow)
 
     def _add(self, items: list[tuple[Flow, int]]) -> list[Flow]:
-        marker = self._marker
-        if not items or marker is None:
+        if not items or self._marker is None:
             return []
+        failed = self._call(self._add_in_thread, self._marker, items)
+        for _, exc in failed:
+            log.warning("not marked: %s", exc)
+        self.failures += len(failed)
+        return [flow for flow, _ in failed]
+
+    @staticmethod
+    def _add_in_thread(marker: Marker, items: list[tuple[Flow, int]]) -> list[tuple[Flow, MapFullError]]:
         try:
             marker.add_many(items)
             return []
         except MapFullError:
             pass
-        # Some fit: add one by one to find out which.
+        # Some may fit: add one by one to find out which.
         failed = []
         for flow, label in items:
             try:
                 marker.add(flow, label)
             except MapFullError as exc:
-                failed.append(flow)
-                self.failures += 1
-                log.warning("not marked: %s", exc)
+                failed.append((flow, exc))
         return failed
 
     def stop(self) -> None:
         """Detach from every interface (the interfaces are left as they were found)."""
-        if self._marker is not None:
-            marker, self._marker = self._marker, None
-            marker.close()
+        try:
+            if self._marker is not None:
+                marker, self._marker = self._marker, None
+                self._call(marker.close)
+        finally:
+            self._call.close()
 
     def families(self) -> list[Family]:
         marker = self._marker
         if marker is None:
             return []
         try:
-            counters = marker.counters()
+            counters = self._call(marker.counters)
         except MarkerError as exc:
             log.warning("cannot read the classifier's counters: %s", exc)
             counters = {}
