@@ -83,7 +83,7 @@ def lint(session: nox.Session) -> None:
 def run(session: nox.Session) -> None:
     """Build and install from the checkout, then run the main job."""
     install_wheel(session)
-    session.run("python", "-m", "flowlabel", "check", *session.posargs)
+    session.run("python", "-m", "flowlabel", "run", *session.posargs)
 
 
 @nox.session

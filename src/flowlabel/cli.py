@@ -52,6 +52,14 @@ def _api_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="JSON configuration in flowd-go's format (default: the built-in one: "
+                             "mark on lo, named pipe and API on loopback)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default,
+                        help="log level (default: info)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowlabel",
@@ -61,14 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"flowlabel {__version__}")
-    parser.add_argument("--config", metavar="FILE",
-                        help="JSON configuration in flowd-go's format (default: the built-in one: "
-                             "mark on lo, named pipe and API on loopback)")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default: info)")
+    _global_options(parser, None)
+    # The same options after the command (flowlabel run --config FILE) override these.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     commands.add_parser(
         "run",
+        parents=[common],
         help="run the daemon",
         description=(
             "Run the daemon in the foreground until SIGTERM or SIGINT: read flow events from the "
@@ -81,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
+        parents=[common],
         help="check that this host can run the marker",
         description=(
             "Print the kernel release, BTF availability, the capabilities that matter "
@@ -91,16 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--object", metavar="PATH", help="check this BPF object instead of the shipped one")
 
-    commands.add_parser("version", help="print the version", description="Print flowlabel's version.")
+    commands.add_parser("version", parents=[common], help="print the version",
+                        description="Print flowlabel's version.")
 
     label = commands.add_parser(
         "label",
+        parents=[common],
         help="encode or decode a SciTags flow label",
         description="Build the 20-bit flow label for an experiment and activity, or take one apart.",
     )
-    label_commands = label.add_subparsers(dest="label_command", metavar="ACTION")
+    label_commands = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
     encode = label_commands.add_parser(
         "encode",
+        parents=[common],
         help="experiment and activity to flow label",
         description=(
             "Print the flow label for EXPERIMENT and ACTIVITY (IDs, or names from the registry). "
@@ -113,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--json", action="store_true", help="print a JSON object")
     decode = label_commands.add_parser(
         "decode",
+        parents=[common],
         help="flow label to experiment, activity and entropy",
         description="Take a flow label apart (decimal, or hexadecimal with 0x) and name its "
                     "experiment and activity when the registry knows them.",
@@ -122,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     flows = commands.add_parser(
         "flows",
+        parents=[common],
         help="list the active flows of a running daemon",
         description="Ask a running daemon (through its HTTP API) which flows it marks, with their labels.",
     )
@@ -130,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser(
         "start",
+        parents=[common],
         help="send a flow start event to a running daemon",
         description=(
             "Tell a running daemon (through its HTTP API) that a flow started, in the named pipe's "
@@ -139,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flow_arguments(start, ids_required=True)
     end = commands.add_parser(
         "end",
+        parents=[common],
         help="send a flow end event to a running daemon",
         description=(
             "Tell a running daemon (through its HTTP API) that a flow ended, e.g.: "
@@ -325,8 +342,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"flowlabel {__version__}")
             return 0
         if args.command == "label":
-            if args.label_command is None:
-                parser.parse_args(["label", "--help"])
             return _label(args)
         if args.command == "flows":
             return _flows(args)

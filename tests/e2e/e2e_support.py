@@ -125,21 +125,19 @@ class Daemon:
     def start(self) -> Daemon:
         """Start the daemon and wait for its "ready" line (a restart appends to the same log)."""
         offset = len(self.log())
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "flowlabel",
                  "--config", str(self.config_path), "run"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        finally:
-            log.close()
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if " ready: " in self.log()[offset:]:
                 return self
             if self.process.poll() is not None:
-                pytest.fail(f"the daemon exited with {self.process.returncode} before it was ready:\n{self.log()}")
+                pytest.fail(f"the daemon exited with {self.process.returncode} before it was ready:\n"
+                            f"{self.log()}")
             time.sleep(0.02)
         pytest.fail(f"the daemon was not ready after {READY_TIMEOUT} s:\n{self.log()}")
 

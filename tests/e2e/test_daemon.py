@@ -7,11 +7,11 @@ import signal
 from pathlib import Path
 
 import pytest
+from e2e_support import A, B, Daemon, Pair, decoded
 
 from flowlabel.events import FlowEvent, format_firefly
 from flowlabel.label import decode
 from flowlabel.marker import bundled_object, tcx_program_names
-from e2e_support import A, B, Daemon, Pair, decoded
 from support.netns import Namespace
 
 pytestmark = pytest.mark.netns

@@ -210,7 +210,7 @@ def test_keep_alive_serves_several_requests(cfg: config.Config) -> None:
 
 
 def test_unreachable_daemon_is_a_clear_error() -> None:
-    with pytest.raises(ApiError, match="cannot reach the flowlabel daemon at http://127.0.0.1:1"):
+    with pytest.raises(ApiError, match=r"cannot reach the flowlabel daemon at http://127\.0\.0\.1:1"):
         ApiClient("http://127.0.0.1:1").flows()
 
 

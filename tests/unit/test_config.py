@@ -117,7 +117,8 @@ def test_discovery_alone_names_no_interface() -> None:
         ({"backends": {"firefly": {"collectorAddress": "collector.example"}}},
          "backends.firefly.collectorAddress: must be an IPv4 or IPv6 address"),
         ({"backends": {"ebpf": []}}, "backends.ebpf: expected an object, got an array"),
-        ({"backends": {"marker": {}}}, "backends.marker: unknown key (known here: ebpf, firefly, prometheus)"),
+        ({"backends": {"marker": {}}},
+         "backends.marker: unknown key (known here: ebpf, firefly, prometheus)"),
         ({"plugins": None}, "plugins: expected an object, got null"),
         ({"pidPath": ""}, "pidPath: must not be empty"),
         ({"saveInterval": 0}, "saveInterval: must be between"),
@@ -148,5 +149,5 @@ def test_load_reports_bad_json_with_its_position(tmp_path: Path) -> None:
 
 
 def test_load_reports_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read the configuration .*missing.json"):
+    with pytest.raises(ConfigError, match=r"cannot read the configuration .*missing\.json"):
         config.load(tmp_path / "missing.json")

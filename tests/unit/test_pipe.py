@@ -279,7 +279,8 @@ def test_bad_and_overlong_lines_are_rejected_and_the_rest_applied(tmp_path: Path
     assert sink.rejected[2].startswith("line longer than 100 bytes: 'xxxx")
 
 
-def test_a_line_without_newline_is_taken_after_a_pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_line_without_newline_is_taken_after_a_pause(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipe_module, "PARTIAL_LINE_TIMEOUT", 0.1)
     path = tmp_path / "np"
     sink = Sink()
