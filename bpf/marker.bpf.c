@@ -133,6 +133,41 @@ static __always_inline __u64 key_tail(__u32 ports, __u8 proto)
 }
 
 /*
+ * The common case with a single bounds check: IPv6 right after the Ethernet
+ * header (or at the start, in L3 mode), then TCP or UDP, all in the linear
+ * data. Returns 0 for anything else, which parse() then walks.
+ */
+static __always_inline int parse_simple(struct __sk_buff *skb, union flow_key_words *kw,
+					struct ipv6hdr **ip6)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	int l3 = cfg.l3;
+	struct ipv6hdr *ip6h = l3 ? data : data + sizeof(struct eth_hdr);
+	__u32 *ports = (void *)(ip6h + 1);
+	__u64 *addrs;
+	__u8 nexthdr;
+
+	/* Room for a TCP header: a shorter UDP packet takes the long way. */
+	if ((void *)ports + sizeof(struct tcphdr) > data_end)
+		return 0;
+	if (!l3 && ((struct eth_hdr *)data)->proto != bpf_htons(ETH_P_IPV6))
+		return 0;
+	nexthdr = ip6h->nexthdr;
+	if (ip6h->version != 6 || (nexthdr != IPPROTO_TCP && nexthdr != IPPROTO_UDP))
+		return 0;
+
+	addrs = (void *)ip6h + __builtin_offsetof(struct ipv6hdr, saddr);
+	kw->w[0] = addrs[0];
+	kw->w[1] = addrs[1];
+	kw->w[2] = addrs[2];
+	kw->w[3] = addrs[3];
+	kw->w[4] = key_tail(*ports, nexthdr);
+	*ip6 = ip6h;
+	return 1;
+}
+
+/*
  * Finds the IPv6 header and the TCP or UDP ports. PARSE_FLOW fills kw and
  * points *ip6 at the IPv6 header; PARSE_PULL sets *pull_len.
  */
@@ -274,15 +309,19 @@ static __always_inline void handle(struct __sk_buff *skb)
 	__u32 pull_len = 0;
 	__be32 *word;
 
-	/* Loops only for headers beyond the linear data. */
+	if (parse_simple(skb, &kw, &ip6h)) {
+		res = PARSE_FLOW;
+	} else {
+		/* Loops only for headers beyond the linear data. */
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < MAX_PULLS; i++) {
-		res = parse(skb, &kw, &ip6h, &pull_len);
-		if (res != PARSE_PULL)
-			break;
-		if (bpf_skb_pull_data(skb, pull_len)) {
-			res = PARSE_UNPARSED;
-			break;
+		for (int i = 0; i < MAX_PULLS; i++) {
+			res = parse(skb, &kw, &ip6h, &pull_len);
+			if (res != PARSE_PULL)
+				break;
+			if (bpf_skb_pull_data(skb, pull_len)) {
+				res = PARSE_UNPARSED;
+				break;
+			}
 		}
 	}
 

@@ -101,6 +101,13 @@ def test_hit_without_payload(marker: Classifier) -> None:
     assert_marked(marker, tcp_frame(payload=b""), tcp_frame(LABEL, payload=b""))
 
 
+def test_udp_hit_shorter_than_a_tcp_header(marker: Classifier) -> None:
+    marker.add(UDP_KEY, LABEL)
+    frame = ethernet(ipv6(SRC, DST, IPPROTO_UDP, udp(SPORT, DPORT)))
+    assert len(frame) == 14 + 40 + 8
+    assert_marked(marker, frame, ethernet(ipv6(SRC, DST, IPPROTO_UDP, udp(SPORT, DPORT), label=LABEL)))
+
+
 def test_miss(marker: Classifier) -> None:
     assert_untouched(marker, tcp_frame(), MISSED)
     assert_untouched(marker, udp_frame(), MISSED)
@@ -279,6 +286,15 @@ def test_l3_hit(marker_l3: Classifier) -> None:
 def test_l3_udp_hit(marker_l3: Classifier) -> None:
     marker_l3.add(L3_KEY._replace(proto=IPPROTO_UDP), LABEL)
     assert_marked(marker_l3, l3_packet(proto=IPPROTO_UDP), l3_packet(LABEL, proto=IPPROTO_UDP))
+
+
+def test_l3_short_udp_hit(marker_l3: Classifier) -> None:
+    marker_l3.add(L3_KEY._replace(proto=IPPROTO_UDP), LABEL)
+    # 54 bytes: the least BPF_PROG_TEST_RUN takes, and less than IPv6 + TCP.
+    packet = ipv6(L3_SRC, DST, IPPROTO_UDP, udp(SPORT, DPORT, b"abcdef"))
+    assert len(packet) == 54
+    expected = ipv6(L3_SRC, DST, IPPROTO_UDP, udp(SPORT, DPORT, b"abcdef"), label=LABEL)
+    assert_marked(marker_l3, packet, expected)
 
 
 def test_l3_miss(marker_l3: Classifier) -> None:

@@ -1,0 +1,194 @@
+"""Measure the classifier's cost per packet with BPF_PROG_TEST_RUN.
+
+Usage::
+
+    python tests/bench/bench_classifier.py [--json OUT] [--rounds N] [--repeat N] [--flows N]
+                                           [--object PATH] [--cpu N] [--strict]
+
+The marker runs with ``--flows`` entries in its map on three 74-byte frames:
+an IPv6 TCP packet of a known flow (hit), one of an unknown flow (miss) and an
+IPv4 TCP packet (non-IPv6). Each measurement of ``--repeat`` runs is taken
+between two of the empty classifier on the same frame, and the ratio to their
+mean is what the targets bound; the figures are medians over ``--rounds``.
+The "floor" rows run a program that only looks one key up in a map like the
+marker's: what any hit or miss costs before parsing.
+
+bpf/baseline.bpf.c holds the empty and the lookup-only programs; it is taken
+compiled from beside the installed marker.bpf.o if the build put it there,
+otherwise compiled with clang from the checkout. Needs root. With
+``--strict`` the exit status is 1 if a ratio misses its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "kernel"))
+
+import packets  # noqa: E402
+
+from flowlabel.marker import Program, bundled_object  # noqa: E402
+
+#: Marker time per packet, as a multiple of the empty classifier's.
+TARGETS = {"hit": 2.3, "miss": 2.0, "non_ipv6": 1.1}
+
+SRC = packets.addr("2001:db8:10::1")
+DST = packets.addr("2001:db8:20::2")
+SPORT, DPORT = 40312, 5001
+
+
+def frames() -> dict[str, bytes]:
+    hit = packets.ethernet(packets.ipv6(SRC, DST, packets.IPPROTO_TCP, packets.tcp(SPORT, DPORT)))
+    miss = packets.ethernet(packets.ipv6(SRC, DST, packets.IPPROTO_TCP, packets.tcp(SPORT, DPORT + 1)))
+    v4 = packets.ipv4(bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), packets.IPPROTO_TCP,
+                      packets.tcp(SPORT, DPORT, bytes(20)))
+    out = {"hit": hit, "miss": miss, "non_ipv6": packets.ethernet(v4, packets.ETH_P_IP)}
+    assert {len(f) for f in out.values()} == {74}
+    return out
+
+
+def find_clang() -> str:
+    for name in ("clang", *(f"clang-{v}" for v in range(20, 13, -1))):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise SystemExit("clang is needed to compile bpf/baseline.bpf.c (apt-get install clang)")
+
+
+def baseline_object(marker: Path, workdir: Path) -> Path:
+    """baseline.bpf.o from beside the marker object, or compiled from the checkout."""
+    installed = marker.with_name("baseline.bpf.o")
+    if installed.is_file():
+        return installed
+    source = ROOT / "bpf" / "baseline.bpf.c"
+    if not source.is_file():
+        raise SystemExit(f"no baseline.bpf.o beside {marker} and no {source} to compile")
+    out = workdir / "baseline.bpf.o"
+    cmd = [find_clang(), "-target", "bpf", "-g", "-O2", "-Wall", "-I", str(ROOT / "bpf")]
+    multiarch = Path(f"/usr/include/{platform.machine()}-linux-gnu")
+    if (multiarch / "asm").is_dir():
+        cmd += ["-idirafter", str(multiarch)]
+    subprocess.run([*cmd, "-c", str(source), "-o", str(out)], check=True)
+    return out
+
+
+def fill(program: Program, count: int, rng: random.Random) -> None:
+    """``count`` flows in the map, the hit frame's among them."""
+    program.set_label(program.key(packets.IPPROTO_TCP, SRC, DST, SPORT, DPORT), 0x12345)
+    for i in range(count - 1):
+        key = program.key(rng.choice((packets.IPPROTO_TCP, packets.IPPROTO_UDP)), rng.randbytes(16),
+                          rng.randbytes(16), rng.randrange(1 << 16), rng.randrange(1 << 16))
+        program.set_label(key, i & packets.LABEL_MASK)
+
+
+def measure(program: Program, baseline: Program, frame: bytes, repeat: int) -> tuple[int, float]:
+    """(ns per packet, ratio to the empty classifier run just before and after)."""
+    before = baseline.test_run(frame, repeat).duration_ns
+    ns = program.test_run(frame, repeat).duration_ns
+    after = baseline.test_run(frame, repeat).duration_ns
+    return ns, ns / ((before + after) / 2)
+
+
+def summary(samples: Sequence[tuple[int, float]]) -> dict[str, Any]:
+    return {
+        "ns": statistics.median(ns for ns, _ in samples),
+        "ratio": round(statistics.median(r for _, r in samples), 3),
+        "ratio_min": round(min(r for _, r in samples), 3),
+        "ratio_max": round(max(r for _, r in samples), 3),
+        "samples_ns": [ns for ns, _ in samples],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--repeat", type=int, default=1_000_000)
+    parser.add_argument("--flows", type=int, default=10_000, help="entries in the flow map")
+    parser.add_argument("--object", type=Path, help="marker object (default: the installed one)")
+    parser.add_argument("--cpu", type=int, help="CPU to run on (default: the last one allowed)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    if args.repeat < 1_000_000:
+        print(f"note: --repeat {args.repeat} is below the 1,000,000 the targets assume")
+
+    cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    marker_path = args.object or bundled_object()
+    test_frames = frames()
+    rng = random.Random(4)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yardsticks = baseline_object(marker_path, Path(tmp))
+        with Program(marker_path) as marker, \
+                Program(yardsticks, program="baseline_egress") as empty, \
+                Program(yardsticks, program="lookup_egress") as lookup:
+            fill(marker, args.flows, rng)
+            fill(lookup, args.flows, rng)
+            floor_key = lookup.key(packets.IPPROTO_TCP, bytes(16), bytes(16), 0, 0)
+            for program in (marker, empty, lookup):  # warm caches and the JIT image
+                for frame in test_frames.values():
+                    program.test_run(frame, 1000)
+
+            samples: dict[str, list[tuple[int, float]]] = {name: [] for name in test_frames}
+            samples["floor_hit"], samples["floor_miss"], empty_ns = [], [], []
+            for _ in range(args.rounds):
+                for name, frame in test_frames.items():
+                    samples[name].append(measure(marker, empty, frame, args.repeat))
+                lookup.set_label(floor_key, 1)
+                samples["floor_hit"].append(measure(lookup, empty, test_frames["hit"], args.repeat))
+                lookup.delete(floor_key)
+                samples["floor_miss"].append(measure(lookup, empty, test_frames["miss"], args.repeat))
+                empty_ns.append(empty.test_run(test_frames["hit"], args.repeat).duration_ns)
+            info = marker.info()
+
+    results = {name: summary(s) for name, s in samples.items()}
+    for name, target in TARGETS.items():
+        results[name]["target"] = target
+        results[name]["met"] = results[name]["ratio"] <= target
+
+    print(f"classifier, {args.flows} flows, {args.repeat} repeats x {args.rounds} rounds on CPU {cpu}, "
+          f"kernel {platform.release()}")
+    print(f"empty classifier: {statistics.median(empty_ns)} ns/packet")
+    print(f"marker: {info.jited_bytes} bytes JIT, {info.xlated_bytes} bytes xlated, "
+          f"{info.verified_insns} instructions verified")
+    print(f"{'case':<11} {'ns/pkt':>7} {'ratio':>7} {'range':>12} {'target':>8}")
+    for name, r in results.items():
+        spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}x"
+        verdict = f"{r['target']:>7.2f}x {'ok' if r['met'] else 'MISSED'}" if "target" in r else ""
+        print(f"{name:<11} {r['ns']:>7} {r['ratio']:>6.2f}x {spread:>12} {verdict}")
+    print("floor_*: one map lookup and nothing else (what the targets leave for parsing)")
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "classifier",
+            "kernel": platform.release(),
+            "cpu": cpu,
+            "repeat": args.repeat,
+            "rounds": args.rounds,
+            "flows": args.flows,
+            "object": str(marker_path),
+            "empty_ns": statistics.median(empty_ns),
+            "program": info._asdict(),
+            "results": results,
+        }, indent=2) + "\n")
+    missed = [name for name in TARGETS if not results[name]["met"]]
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
