@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ from .state import (
     FlowRecord,
     FlowTable,
     StateFileError,
+    StateWriter,
     load_state,
     save_state,
 )
@@ -46,6 +48,8 @@ __all__ = ["Daemon", "StartupError"]
 
 log = logging.getLogger("flowlabel")
 
+#: Flows written to the state file per step; each step takes about a millisecond.
+SAVE_STEP = 250
 #: Rejected inputs logged per second; beyond that they are counted and summed up in one line.
 REJECT_LOG_LIMIT = 50
 
@@ -162,6 +166,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
+            # What start-up made lives as long as the daemon: keep the collector off it.
+            gc.freeze()
             log.info("flowlabel %s ready: %s", __version__, "; ".join(self._listeners))
             _notify_systemd("READY=1")
             self.ready.set()
@@ -385,6 +391,7 @@ class Daemon:
     # -- the state file and the summary ----------------------------------------------------------
 
     def _save(self, *, durable: bool = False) -> None:
+        """Write the whole table at once (at exit)."""
         path = self.config.state_path
         began = time.perf_counter()
         try:
@@ -392,18 +399,39 @@ class Daemon:
         except OSError as exc:
             log.error("cannot write the state file %s: %s", path, exc)
             return
+        self._saved(began, count)
+
+    async def _save_in_steps(self) -> None:
+        """Write a snapshot of the table, letting the loop serve events between steps."""
+        path = self.config.state_path
+        began = time.perf_counter()
+        version = self.table.version
+        records = list(self.table)
+        try:
+            with StateWriter(path) as writer:
+                for i in range(0, len(records), SAVE_STEP):
+                    writer.write(records[i : i + SAVE_STEP])
+                    await asyncio.sleep(0)
+                writer.commit()
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", path, exc)
+            return
+        self._saved(began, writer.count, version)
+
+    def _saved(self, began: float, count: int, version: int | None = None) -> None:
         self._save_seconds = time.perf_counter() - began
         self._saves += 1
-        self._saved_version = self.table.version
-        log.debug("state file %s: %d flows written in %.1f ms", path, count, self._save_seconds * 1000)
+        self._saved_version = self.table.version if version is None else version
+        log.debug("state file %s: %d flows written in %.1f ms", self.config.state_path, count,
+                  self._save_seconds * 1000)
 
     async def _save_periodically(self) -> None:
         interval = self.config.save_interval
         while True:
             await asyncio.sleep(interval)
             if self.table.version != self._saved_version:
-                self._save()
-                # Keep the writes under a tenth of the loop's time, however large the table.
+                await self._save_in_steps()
+                # Keep the writes under a tenth of the time, however large the table.
                 interval = max(self.config.save_interval, self._save_seconds * 10)
 
     async def _summarise_periodically(self) -> None:

@@ -19,15 +19,17 @@ It is replaced atomically (written to ``flows.json.tmp``, then renamed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
+from socket import AF_INET6, inet_ntop
 from typing import Any, Callable, NamedTuple
 
 from .events import FlowEvent
-from .flow import Flow
+from .flow import Flow, IPAddress
 from .label import decode, encode
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "FlowRecord",
     "FlowTable",
     "StateFileError",
+    "StateWriter",
     "load_state",
     "save_state",
 ]
@@ -197,7 +200,16 @@ class StateFileError(ValueError):
 def _format_time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if value.utcoffset():
+        value = value.astimezone(timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _address(value: IPAddress) -> str:
+    # inet_ntop is about ten times faster than str() of an ipaddress object.
+    if value.version == 6:
+        return inet_ntop(AF_INET6, value.packed)
+    return str(value)
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -215,9 +227,9 @@ def _row(record: FlowRecord) -> list[Any]:
     flow = record.flow
     return [
         flow.protocol,
-        str(flow.src),
+        _address(flow.src),
         flow.sport,
-        str(flow.dst),
+        _address(flow.dst),
         flow.dport,
         record.experiment,
         record.activity,
@@ -245,39 +257,77 @@ def _record(row: object) -> FlowRecord:
     return FlowRecord(flow, experiment, activity, label, _parse_time(start), application, source)
 
 
-def save_state(path: str, records: Iterable[FlowRecord], *, durable: bool = False) -> int:
-    """Replace the state file at ``path`` with ``records``; returns how many were written.
+class StateWriter:
+    """Writes a state file a piece at a time; the old file stays until :meth:`commit`.
 
-    ``durable`` also flushes the file and its directory to disk (slow; meant
-    for the last save before exit). Without it the file survives a restart of
-    the daemon, but a power loss may take the last seconds with it.
+    Used as a context manager, an uncommitted file is discarded on exit. The
+    daemon writes large tables in steps, so that no single step holds up its
+    event loop for long.
     """
-    rows = [_row(record) for record in records]
-    document = {
-        "version": STATE_VERSION,
-        "saved": _format_time(datetime.now(timezone.utc)),
-        "columns": COLUMNS,
-        "flows": rows,
-    }
-    data = json.dumps(document, separators=(",", ":")).encode()
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        view = memoryview(data)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.count = 0
+        self._tmp = path + ".tmp"
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        saved = _format_time(datetime.now(timezone.utc))
+        head = {"version": STATE_VERSION, "saved": saved, "columns": COLUMNS}
+        # The document is written by hand from here on, so "flows" must be its last member.
+        self._write(json.dumps(head, separators=(",", ":"))[:-1] + ',"flows":[')
+
+    def _write(self, text: str) -> None:
+        view = memoryview(text.encode())
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[os.write(self._fd, view) :]
+
+    def write(self, records: Iterable[FlowRecord]) -> None:
+        rows = [_row(record) for record in records]
+        if not rows:
+            return
+        text = json.dumps(rows, separators=(",", ":"))[1:-1]
+        self._write(text if not self.count else "," + text)
+        self.count += len(rows)
+
+    def commit(self, *, durable: bool = False) -> None:
+        """Finish the file and put it in place of the old one.
+
+        ``durable`` also flushes the file and its directory to disk (slow; meant
+        for the last save before exit). Without it the file survives a restart of
+        the daemon, but a power loss may take the last seconds with it.
+        """
+        self._write("]}\n")
         if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return len(rows)
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self._tmp, self.path)
+        if durable:
+            dir_fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+
+    def __enter__(self) -> StateWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def save_state(path: str, records: Iterable[FlowRecord], *, durable: bool = False) -> int:
+    """Replace the state file at ``path`` with ``records``; returns how many were written."""
+    with StateWriter(path) as writer:
+        writer.write(records)
+        writer.commit(durable=durable)
+    return writer.count
 
 
 def load_state(path: str) -> list[FlowRecord]:
