@@ -33,13 +33,28 @@ struct flow_key {
 	__u8 pad[3];
 };
 
-/* label: the 20-bit flow label to write, in host byte order. */
+/*
+ * label: the 20-bit flow label to write, in host byte order (higher bits are
+ * ignored). flags: not read by the classifier.
+ */
 struct flow_value {
 	__u32 label;
 	__u32 flags;
 };
 
-/* Indexes of the per-CPU counters (one __u64 each). */
+/*
+ * Indexes of the per-CPU counters (one __u64 each), all kept by the
+ * classifier. Each packet ends in exactly one of marked, missed, unparsed and
+ * non_ipv6, so seen = ipv6 + non_ipv6 and ipv6 = marked + missed + unparsed.
+ *   seen      every packet
+ *   ipv6      IPv6 behind Ethernet and up to two 802.1Q/802.1AD tags, or bare
+ *             IPv6 in L3 mode
+ *   marked    its 5-tuple is in the flow map: the label was written
+ *   missed    TCP or UDP, but not in the map
+ *   unparsed  no ports to read: truncated, not TCP or UDP, ESP, a fragment
+ *             other than the first, or more extension headers than walked
+ *   non_ipv6  everything else
+ */
 enum flowlabel_counter {
 	FLOWLABEL_CNT_SEEN = 0,
 	FLOWLABEL_CNT_IPV6 = 1,
