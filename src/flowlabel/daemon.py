@@ -195,7 +195,11 @@ class Daemon:
         try:
             restored = load_state(cfg.state_path)
         except StateFileError as exc:
-            log.warning("%s; starting without the flows of the last run", exc)
+            # Kept aside for inspection: the next save replaces the file.
+            broken = cfg.state_path + ".broken"
+            with contextlib.suppress(OSError):
+                os.replace(cfg.state_path, broken)
+            log.warning("%s; starting without the flows of the last run (the file is now %s)", exc, broken)
             restored = []
         self._start_backends(restored)
         plugins = cfg.plugins

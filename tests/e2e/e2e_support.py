@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +122,13 @@ class Daemon:
             capture_output=True, text=True, timeout=timeout,
         )
 
-    def start(self) -> Daemon:
-        """Start the daemon and wait for its "ready" line (a restart appends to the same log)."""
+    def start(self, prefix: Sequence[str] = ()) -> Daemon:
+        """Start the daemon (behind ``prefix``, a command that execs the rest) and wait for its
+        "ready" line (a restart appends to the same log)."""
         offset = len(self.log())
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "flowlabel",
+                ["ip", "netns", "exec", self.ns.name, *prefix, sys.executable, "-m", "flowlabel",
                  "--config", str(self.config_path), "run"],
                 stdout=log, stderr=subprocess.STDOUT,
             )

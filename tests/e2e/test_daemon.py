@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 from e2e_support import A, B, Daemon, Pair, decoded
 
-from flowlabel.events import FlowEvent, format_firefly
+from flowlabel.events import FlowEvent, format_firefly, parse_firefly
 from flowlabel.label import decode
 from flowlabel.marker import bundled_object, tcx_program_names
 from support.netns import Namespace
@@ -236,3 +238,66 @@ def test_a_second_daemon_is_refused(pair: Pair, tmp_path: Path, daemons: list[Da
     assert result.returncode == 1
     assert "already running" in result.stderr
     assert daemon.alive() and daemon.pid_path.exists() and daemon.pipe_path.exists()
+
+
+def test_three_capabilities_are_enough(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed: cannot limit capabilities")
+    daemon = Daemon.standard(pair, tmp_path)
+    # What packaging/flowlabel.service grants: root, but only these three capabilities.
+    daemons.append(daemon.start(prefix=(setpriv, "--bounding-set=-all,+bpf,+net_admin,+perfmon",
+                                        "--inh-caps=-all", "--")))
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()  # type: ignore[union-attr]
+    (effective,) = [int(row.split()[1], 16) for row in status.splitlines() if row.startswith("CapEff:")]
+    assert effective == 1 << 39 | 1 << 38 | 1 << 12  # CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
+    flow = (27000, 9700)
+    daemon.write_pipe(line("start", *flow, 12, 34))
+    daemon.wait_for_flows(1)
+    assert {(x.experiment, x.activity) for x in decoded(pair.labels([flow])[flow])} == {(12, 34)}
+    assert daemon.stop() == 0
+
+
+def test_discovered_interfaces_are_marked(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
+    daemon = Daemon.standard(pair, tmp_path)
+    daemon.document["backends"]["ebpf"] = {"discoverInterfaces": True}
+    daemon.config_path.write_text(json.dumps(daemon.document))
+    daemons.append(daemon.start())
+    # fd00::1/64 is a global-scope address: a's end of the veth pair qualifies, lo does not.
+    assert f"marking on {pair.if_a} (" in daemon.log()
+    flow = (27100, 9710)
+    daemon.write_pipe(line("start", *flow, 1, 1))
+    daemon.wait_for_flows(1)
+    assert {(x.experiment, x.activity) for x in decoded(pair.labels([flow])[flow])} == {(1, 1)}
+
+
+def test_firefly_backend_reports_starts_and_ends(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
+    with pair.b.entered():
+        collector = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    collector.bind((B, 10514))
+    collector.settimeout(5)
+    daemon = Daemon.standard(pair, tmp_path, backends={"ebpf": {"targetInterface": pair.if_a},
+                                                       "firefly": {"prependSyslog": True}})
+    daemons.append(daemon.start())
+    try:
+        daemon.write_pipe(line("start", 27200, 9720, 3, 4))
+        started = collector.recv(65536)
+        daemon.write_pipe(line("end", 27200, 9720))
+        ended = collector.recv(65536)
+    finally:
+        collector.close()
+    assert started.startswith(b"<134>1 ")
+    start_event, end_event = parse_firefly(started), parse_firefly(ended)
+    assert (start_event.state, start_event.sport, start_event.dport) == ("start", 27200, 9720)
+    # The end line named no experiment: the firefly carries the one the flow started with.
+    assert (end_event.state, end_event.experiment, end_event.activity) == ("end", 3, 4)
+    assert end_event.start_time == start_event.start_time and end_event.end_time is not None
+
+
+def test_a_damaged_state_file_is_set_aside(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
+    daemon = Daemon.standard(pair, tmp_path)
+    daemon.state_path.parent.mkdir(parents=True)
+    daemon.state_path.write_text("{not json")
+    daemons.append(daemon.start())
+    assert "0 flows restored" in daemon.log() and "is not valid JSON" in daemon.log()
+    assert daemon.state_path.with_name("flows.json.broken").read_text() == "{not json"
