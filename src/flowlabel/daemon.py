@@ -50,6 +50,8 @@ log = logging.getLogger("flowlabel")
 
 #: Flows written to the state file per step; each step takes about a millisecond.
 SAVE_STEP = 250
+#: Seconds between checks that the marked interfaces are still the same devices.
+INTERFACE_CHECK_INTERVAL = 2.0
 #: Rejected inputs logged per second; beyond that they are counted and summed up in one line.
 REJECT_LOG_LIMIT = 50
 
@@ -233,6 +235,8 @@ class Daemon:
         self._tasks.append(loop.create_task(self._save_periodically()))
         if cfg.summary_interval > 0:
             self._tasks.append(loop.create_task(self._summarise_periodically()))
+        if self._ebpf is not None:
+            self._tasks.append(loop.create_task(self._watch_interfaces()))
 
     async def _start_part(self, part: _Part, description: str) -> None:
         try:
@@ -437,6 +441,11 @@ class Daemon:
                 await self._save_in_steps()
                 # Keep the writes under a tenth of the time, however large the table.
                 interval = max(self.config.save_interval, self._save_seconds * 10)
+
+    async def _watch_interfaces(self) -> None:
+        while True:
+            await asyncio.sleep(INTERFACE_CHECK_INTERVAL)
+            self._ebpf.check_interfaces()
 
     async def _summarise_periodically(self) -> None:
         while True:

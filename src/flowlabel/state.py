@@ -92,9 +92,9 @@ class FlowRecord(NamedTuple):
         flow = self.flow
         return {
             "protocol": flow.protocol,
-            "src_ip": str(flow.src),
+            "src_ip": _address(flow.src),
             "src_port": flow.sport,
-            "dst_ip": str(flow.dst),
+            "dst_ip": _address(flow.dst),
             "dst_port": flow.dport,
             "experiment": self.experiment,
             "activity": self.activity,

@@ -26,7 +26,7 @@ import pytest
 
 from flowlabel.api_client import ApiClient
 from flowlabel.label import Label, decode
-from support.netns import Capture, Namespace, veth_pair
+from support.netns import Capture, Namespace, sh, veth_pair
 
 A, B = "fd00::1", "fd00::2"
 READY_TIMEOUT = 15.0
@@ -45,6 +45,19 @@ class Pair:
     def close(self) -> None:
         self.a.close()
         self.b.close()
+
+    def recreate_link(self) -> None:
+        """Delete the veth pair and make it again under the same names (new devices)."""
+        self.a.ip("link", "del", self.if_a)
+        sh("ip", "link", "add", self.if_a, "netns", self.a.name, "type", "veth",
+           "peer", "name", self.if_b, "netns", self.b.name)
+        for ns, name, addr in ((self.a, self.if_a, A), (self.b, self.if_b, B)):
+            ns.ip("addr", "add", f"{addr}/64", "dev", name, "nodad")
+            ns.ip("link", "set", name, "up")
+        for ns, name, peer, peer_name, peer_addr in ((self.a, self.if_a, self.b, self.if_b, B),
+                                                     (self.b, self.if_b, self.a, self.if_a, A)):
+            mac = json.loads(peer.ip("-j", "link", "show", "dev", peer_name).stdout)[0]["address"]
+            ns.ip("neigh", "replace", peer_addr, "lladdr", mac, "dev", name, "nud", "permanent")
 
     def send_udp(self, flows: Iterable[tuple[int, int]], count: int = 3) -> None:
         """``count`` datagrams a -> b for each (sport, dport)."""

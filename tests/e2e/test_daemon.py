@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,21 @@ def test_a_damaged_state_file_is_set_aside(pair: Pair, tmp_path: Path, daemons: 
     daemons.append(daemon.start())
     assert "0 flows restored" in daemon.log() and "is not valid JSON" in daemon.log()
     assert daemon.state_path.with_name("flows.json.broken").read_text() == "{not json"
+
+
+def test_an_interface_that_comes_back_is_marked_again(pair: Pair, tmp_path: Path,
+                                                      daemons: list[Daemon]) -> None:
+    daemon = Daemon.standard(pair, tmp_path)
+    daemons.append(daemon.start())
+    flow = (27300, 9730)
+    daemon.write_pipe(line("start", *flow, 77, 7))
+    daemon.wait_for_flows(1)
+    before = pair.labels([flow])[flow]
+    pair.recreate_link()
+    deadline = time.monotonic() + 10
+    while f"interface {pair.if_a} is back" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # A new device under the old name: the daemon noticed (within its 2 s check) and attached again.
+    assert f"interface {pair.if_a} is back" in daemon.log()
+    assert pair.labels([flow])[flow] == before != {0}
+    assert daemon.stop() == 0

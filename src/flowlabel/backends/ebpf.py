@@ -14,6 +14,7 @@ keeps them in order and never concurrent.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -32,6 +33,14 @@ __all__ = ["EbpfBackend"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def _ifindex(name: str) -> int | None:
+    """The interface's index in this network namespace, or None if there is no such interface."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
 
 
 class _LoaderThread:
@@ -57,6 +66,8 @@ class EbpfBackend:
         self._marker: Marker | None = None
         self._call = _LoaderThread()
         self.failures = 0
+        # The interfaces chosen at start, with the index each had when last attached (None: gone).
+        self._indexes: dict[str, int | None] = {}
 
     @property
     def interfaces(self) -> list[str]:
@@ -85,16 +96,39 @@ class EbpfBackend:
         from ..marker import Marker
 
         cfg = self.config
+        targets = self._target_interfaces()
         self._marker = self._call(
             Marker,
-            self._target_interfaces(),
+            targets,
             attach=cfg.attach_mode,
             remove_qdisc=cfg.remove_qdisc,
             program_path=cfg.program,
             debug=cfg.debug_mode,
             max_flows=cfg.max_flows,
         )
+        self._indexes = {name: _ifindex(name) for name in targets}
         return self._add([(record.flow, record.label) for record in records])
+
+    def check_interfaces(self) -> None:
+        """Follow interfaces that went away or came back (a new device under the same name)."""
+        marker = self._marker
+        if marker is None:
+            return
+        for name, known in self._indexes.items():
+            index = _ifindex(name)
+            if index == known:
+                continue
+            self._indexes[name] = index
+            try:
+                if index is None:
+                    log.warning("interface %s is gone; marking on it resumes when it is back", name)
+                    if name in marker.interfaces:
+                        self._call(marker.detach, name)
+                else:
+                    self._call(marker.attach, name)
+                    log.info("interface %s is back (index %d): marking on it again", name, index)
+            except MarkerError as exc:
+                log.warning("interface %s: %s", name, exc)
 
     def apply(self, changes: Iterable[Change]) -> list[Flow]:
         """Write the changes to the map; returns the flows that could not be added."""
