@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
 from .backends.prometheus import Family, Metrics
@@ -43,6 +43,11 @@ from .state import (
     load_state,
     save_state,
 )
+
+if TYPE_CHECKING:
+    from .backends.ebpf import EbpfBackend
+    from .backends.firefly import FireflyBackend
+    from .backends.prometheus import PrometheusBackend
 
 __all__ = ["Daemon", "StartupError"]
 
@@ -138,9 +143,9 @@ class Daemon:
         self._pid_file = PidFile(config.pid_path)
         self._sources: list[_Part] = []
         self._listeners: list[str] = []
-        self._ebpf: Any = None
-        self._firefly: Any = None
-        self._prometheus: Any = None
+        self._ebpf: EbpfBackend | None = None
+        self._firefly: FireflyBackend | None = None
+        self._prometheus: PrometheusBackend | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Event | None = None
         #: Set once every source serves (and cleared again when the daemon stops).
@@ -213,38 +218,38 @@ class Daemon:
 
             pipe = PipeSource(plugins.named_pipe.pipe_path, self, max_line=plugins.named_pipe.buff_size,
                               registry=self.registry)
-            await self._start_part(pipe, f"pipe {pipe.path}")
+            await self._start_part(pipe, "the named pipe")
+            self._listeners.append(f"pipe {pipe.path}")
         if plugins.firefly is not None:
             from .sources.firefly import FireflySource
 
             ff = plugins.firefly
             listener = FireflySource(ff.bind_address, ff.bind_port, self, max_size=ff.buffer_size)
-            await self._start_part(listener, "firefly")
+            await self._start_part(listener, "the firefly listener")
             host = f"[{ff.bind_address}]" if ":" in ff.bind_address else ff.bind_address
-            self._listeners[-1] = f"fireflies on udp {host}:{listener.port}"
+            self._listeners.append(f"fireflies on udp {host}:{listener.port}")
         if plugins.api is not None:
             from .sources.api import ApiSource
 
             api = ApiSource(plugins.api.bind_address, plugins.api.bind_port, self, registry=self.registry)
-            await self._start_part(api, "api")
-            self._listeners[-1] = f"api {api.url}"
+            await self._start_part(api, "the API")
+            self._listeners.append(f"api {api.url}")
         if self._prometheus is not None:
-            await self._start_part(self._prometheus, "metrics")
-            self._listeners[-1] = f"metrics {self._prometheus.url}"
+            await self._start_part(self._prometheus, "the metrics listener")
+            self._listeners.append(f"metrics {self._prometheus.url}")
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._save_periodically()))
         if cfg.summary_interval > 0:
             self._tasks.append(loop.create_task(self._summarise_periodically()))
         if self._ebpf is not None:
-            self._tasks.append(loop.create_task(self._watch_interfaces()))
+            self._tasks.append(loop.create_task(self._watch_interfaces(self._ebpf)))
 
-    async def _start_part(self, part: _Part, description: str) -> None:
+    async def _start_part(self, part: _Part, what: str) -> None:
         try:
             await part.start()
         except OSError as exc:
-            raise StartupError(f"cannot start the {description.split()[0]} source: {exc}") from None
+            raise StartupError(f"cannot start {what}: {exc}") from None
         self._sources.append(part)
-        self._listeners.append(description)
 
     def _start_backends(self, restored: list[FlowRecord]) -> None:
         from .errors import MarkerError
@@ -324,7 +329,7 @@ class Daemon:
         apply = self.table.apply
         changes = [apply(event, source) for event in events]
         if self._ebpf is not None:
-            changes = self._mark(changes)
+            changes = self._mark(self._ebpf, changes)
         if self._firefly is not None:
             self._firefly.apply(changes)
         counts = self.metrics.events
@@ -333,11 +338,11 @@ class Daemon:
             counts[key] = counts.get(key, 0) + 1
         return changes
 
-    def _mark(self, changes: list[Change]) -> list[Change]:
+    def _mark(self, ebpf: EbpfBackend, changes: list[Change]) -> list[Change]:
         from .errors import MarkerError
 
         try:
-            failed = set(self._ebpf.apply(changes))
+            failed = set(ebpf.apply(changes))
         except MarkerError as exc:
             log.error("the classifier's map could not be updated: %s", exc)
             failed = {c.record.flow for c in changes if c.relabel and c.outcome != ENDED and c.record}
@@ -442,10 +447,10 @@ class Daemon:
                 # Keep the writes under a tenth of the time, however large the table.
                 interval = max(self.config.save_interval, self._save_seconds * 10)
 
-    async def _watch_interfaces(self) -> None:
+    async def _watch_interfaces(self, ebpf: EbpfBackend) -> None:
         while True:
             await asyncio.sleep(INTERFACE_CHECK_INTERVAL)
-            self._ebpf.check_interfaces()
+            ebpf.check_interfaces()
 
     async def _summarise_periodically(self) -> None:
         while True:

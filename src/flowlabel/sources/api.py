@@ -31,13 +31,13 @@ from ..state import STARTED, Change, FlowRecord
 from . import EventSink
 from .http import HTTPServer, Request, Response, error_response, json_response
 
-__all__ = ["ApiSource", "Daemon"]
+__all__ = ["ApiSource", "DaemonView"]
 
 SOURCE = "api"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class Daemon(EventSink, Protocol):
+class DaemonView(EventSink, Protocol):
     """What the API needs from the daemon besides taking events."""
 
     def flows(self) -> list[FlowRecord]: ...
@@ -64,7 +64,9 @@ def metrics_route(render: Any) -> dict[str, Any]:
 class ApiSource:
     """The HTTP API on ``address``:``port`` (``port`` 0 picks a free one)."""
 
-    def __init__(self, address: str, port: int, daemon: Daemon, *, registry: Registry | None = None) -> None:
+    def __init__(
+        self, address: str, port: int, daemon: DaemonView, *, registry: Registry | None = None
+    ) -> None:
         self._daemon = daemon
         self._registry = registry
         self._started = time.monotonic()
