@@ -58,11 +58,14 @@ def addr(text: str) -> bytes:
 
 def ethernet(payload: bytes, ethertype: int = ETH_P_IPV6, tags: Sequence[tuple[int, int]] = (),
              dst: bytes = DST_MAC, src: bytes = SRC_MAC) -> bytes:
-    """An Ethernet frame; ``tags`` are (TPID, VLAN ID) pairs, outermost first."""
+    """An Ethernet frame; ``tags`` are (TPID, TCI) pairs, outermost first.
+
+    A TCI is priority (3 bits), drop eligibility (1) and VLAN ID (12).
+    """
     types = [tpid for tpid, _ in tags] + [ethertype]
     out = dst + src + struct.pack("!H", types[0])
-    for (_, vid), inner in zip(tags, types[1:]):
-        out += struct.pack("!HH", vid & 0x0FFF, inner)
+    for (_, tci), inner in zip(tags, types[1:]):
+        out += struct.pack("!HH", tci, inner)
     return out + payload
 
 

@@ -249,6 +249,16 @@ def test_vlan_tags(marker: Classifier, tags) -> None:
                   udp_frame(LABEL ^ 0xFFFFF, tags=tags, exts=(HOP, FIRST_FRAGMENT)))
 
 
+def test_vlan_priority_is_not_read_as_an_ip_version(marker: Classifier) -> None:
+    # Priority 3 puts a 6 where an untagged frame has the IPv6 version, and the
+    # inner label a 6 (TCP) where it would have the next header.
+    marker.add(TCP_KEY, LABEL)
+    tags = ((ETH_P_8021Q, 0x6000 | 42),)
+    frame = tcp_frame(0x00600, tags=tags)
+    assert frame[14] >> 4 == 6 and frame[20] == IPPROTO_TCP
+    assert_marked(marker, frame, tcp_frame(LABEL, tags=tags))
+
+
 def test_vlan_miss(marker: Classifier) -> None:
     assert_untouched(marker, tcp_frame(tags=((ETH_P_8021AD, 1), (ETH_P_8021Q, 2))), MISSED)
 

@@ -97,7 +97,7 @@ def ipv6_packets(draw: st.DrawFn, l3: bool) -> bytes:
                 label=draw(st.integers(0, LABEL_MASK)), version=version)
 
 
-vlan_tag = st.tuples(st.sampled_from([ETH_P_8021Q, ETH_P_8021AD]), st.integers(0, 4095))
+vlan_tag = st.tuples(st.sampled_from([ETH_P_8021Q, ETH_P_8021AD]), st.integers(0, 0xFFFF))
 
 
 @st.composite
