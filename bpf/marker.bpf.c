@@ -123,13 +123,24 @@ static __always_inline int is_vlan(__u32 proto)
 	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
 }
 
-/* sport and dport as they are in the packet, then proto, then zero pad. */
-static __always_inline __u64 key_tail(__u32 ports, __u8 proto)
+/*
+ * The key in five stores: saddr and daddr as the 32 bytes from offset 8 of
+ * the IPv6 header; then sport and dport as they are in the packet (ports),
+ * proto and the zero pad.
+ */
+static __always_inline void fill_key(union flow_key_words *kw, struct ipv6hdr *ip6h,
+				     __u32 ports, __u8 proto)
 {
+	__u64 *addrs = (void *)ip6h + __builtin_offsetof(struct ipv6hdr, saddr);
+
+	kw->w[0] = addrs[0];
+	kw->w[1] = addrs[1];
+	kw->w[2] = addrs[2];
+	kw->w[3] = addrs[3];
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-	return (__u64)proto << 32 | ports;
+	kw->w[4] = (__u64)proto << 32 | ports;
 #else
-	return (__u64)ports << 32 | (__u64)proto << 24;
+	kw->w[4] = (__u64)ports << 32 | (__u64)proto << 24;
 #endif
 }
 
@@ -145,7 +156,6 @@ static __always_inline int parse_simple(struct __sk_buff *skb, const __u32 ip6_o
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6h = data + ip6_off;
 	__u32 *ports = (void *)(ip6h + 1);
-	__u64 *addrs;
 	__u8 nexthdr;
 
 	/* Room for a TCP header: a shorter UDP packet takes the long way. */
@@ -157,12 +167,7 @@ static __always_inline int parse_simple(struct __sk_buff *skb, const __u32 ip6_o
 	if (ip6h->version != 6 || (nexthdr != IPPROTO_TCP && nexthdr != IPPROTO_UDP))
 		return 0;
 
-	addrs = (void *)ip6h + __builtin_offsetof(struct ipv6hdr, saddr);
-	kw->w[0] = addrs[0];
-	kw->w[1] = addrs[1];
-	kw->w[2] = addrs[2];
-	kw->w[3] = addrs[3];
-	kw->w[4] = key_tail(*ports, nexthdr);
+	fill_key(kw, ip6h, *ports, nexthdr);
 	*ip6 = ip6h;
 	return 1;
 }
@@ -179,7 +184,6 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb,
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6h = data;
 	__u32 off = 0, ports;
-	__u64 *addrs;
 	__u8 nexthdr;
 
 	if (!cfg.l3) {
@@ -274,13 +278,7 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb,
 		return PARSE_UNPARSED; /* chain longer than MAX_EXT_HDRS */
 	}
 
-	/* saddr and daddr: 32 bytes from offset 8 of the IPv6 header. */
-	addrs = (void *)ip6h + __builtin_offsetof(struct ipv6hdr, saddr);
-	kw->w[0] = addrs[0];
-	kw->w[1] = addrs[1];
-	kw->w[2] = addrs[2];
-	kw->w[3] = addrs[3];
-	kw->w[4] = key_tail(ports, nexthdr);
+	fill_key(kw, ip6h, ports, nexthdr);
 	*ip6 = ip6h;
 	return PARSE_FLOW;
 }
