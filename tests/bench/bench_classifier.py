@@ -15,7 +15,8 @@ marker's: what any hit or miss costs before parsing.
 
 bpf/baseline.bpf.c holds the empty and the lookup-only programs; it is taken
 compiled from beside the installed marker.bpf.o if the build put it there,
-otherwise compiled with clang from the checkout. Needs root. With
+otherwise compiled with clang from the checkout (with libbpf's headers from
+the system or from the build's dependency cache). Needs root. With
 ``--strict`` the exit status is 1 if a ratio misses its target.
 """
 
@@ -69,6 +70,19 @@ def find_clang() -> str:
     raise SystemExit("clang is needed to compile bpf/baseline.bpf.c (apt-get install clang)")
 
 
+def libbpf_includes() -> list[str]:
+    """-I for libbpf's bpf/bpf_helpers.h: the system's, or the build's static-deps cache."""
+    if Path("/usr/include/bpf/bpf_helpers.h").is_file():
+        return []
+    cache = Path(os.environ.get("FLOWLABEL_DEPS_CACHE")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowlabel-deps")
+    for include in sorted(cache.glob("*/include"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if (include / "bpf" / "bpf_helpers.h").is_file():
+            return ["-I", str(include)]
+    raise SystemExit("libbpf's headers are needed to compile bpf/baseline.bpf.c "
+                     "(apt-get install libbpf-dev, or build the wheel once to fill the deps cache)")
+
+
 def baseline_object(marker: Path, workdir: Path) -> Path:
     """baseline.bpf.o from beside the marker object, or compiled from the checkout."""
     installed = marker.with_name("baseline.bpf.o")
@@ -78,7 +92,7 @@ def baseline_object(marker: Path, workdir: Path) -> Path:
     if not source.is_file():
         raise SystemExit(f"no baseline.bpf.o beside {marker} and no {source} to compile")
     out = workdir / "baseline.bpf.o"
-    cmd = [find_clang(), "-target", "bpf", "-g", "-O2", "-Wall", "-I", str(ROOT / "bpf")]
+    cmd = [find_clang(), "-target", "bpf", "-g", "-O2", "-Wall", "-I", str(ROOT / "bpf"), *libbpf_includes()]
     multiarch = Path(f"/usr/include/{platform.machine()}-linux-gnu")
     if (multiarch / "asm").is_dir():
         cmd += ["-idirafter", str(multiarch)]
