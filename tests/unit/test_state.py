@@ -1,0 +1,140 @@
+"""The daemon's flow table and its state file."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from flowlabel.events import FlowEvent
+from flowlabel.label import decode
+from flowlabel.state import (
+    ENDED,
+    IPV4,
+    REFRESHED,
+    STARTED,
+    UNKNOWN_END,
+    FlowTable,
+    StateFileError,
+    StateWriter,
+    load_state,
+    save_state,
+)
+
+WHEN = datetime(2024, 3, 28, 8, 58, 48, tzinfo=timezone.utc)
+
+
+def event(state: str, sport: int = 2345, experiment: int = 2, activity: int = 15,
+          src: str = "2001:db8::1", dst: str = "2001:db8::2") -> FlowEvent:
+    return FlowEvent.of(state, "tcp", src, dst, sport, 5777, experiment, activity, start_time=WHEN)
+
+
+def test_start_refresh_end() -> None:
+    table = FlowTable()
+    started = table.apply(event("start"), "pipe")
+    assert started.outcome == STARTED and started.relabel
+    assert started.record is not None and decode(started.record.label)[:2] == (2, 15)
+    assert started.record.start_time == WHEN and started.record.source == "pipe"
+    again = table.apply(event("ongoing"), "api")
+    assert again.outcome == REFRESHED and not again.relabel and again.record == started.record
+    ended = table.apply(event("end"), "pipe")
+    assert ended.outcome == ENDED and ended.record == started.record and len(table) == 0
+    assert table.apply(event("end"), "pipe").outcome == UNKNOWN_END
+
+
+def test_a_new_activity_keeps_the_entropy() -> None:
+    table = FlowTable()
+    first = table.apply(event("start"), "pipe").record
+    change = table.apply(event("start", activity=3), "pipe")
+    assert change.outcome == REFRESHED and change.relabel and change.record is not None
+    assert first is not None
+    assert decode(change.record.label) == (2, 3, decode(first.label).entropy)
+
+
+def test_ipv4_is_not_kept() -> None:
+    table = FlowTable()
+    change = table.apply(event("start", src="192.0.2.1", dst="192.0.2.2"), "pipe")
+    assert change.outcome == IPV4 and change.record is None and len(table) == 0
+
+
+def test_the_version_moves_only_on_changes() -> None:
+    table = FlowTable()
+    table.apply(event("start"), "pipe")
+    version = table.version
+    table.apply(event("start"), "pipe")
+    table.apply(event("end", sport=1), "pipe")
+    assert table.version == version
+    table.apply(event("end"), "pipe")
+    assert table.version > version
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    table = FlowTable()
+    for port in range(1, 300):
+        table.apply(event("start", sport=port), "pipe")
+    path = str(tmp_path / "flows.json")
+    assert save_state(path, table) == 299
+    loaded = load_state(path)
+    assert loaded == list(table)
+    restored = FlowTable()
+    assert restored.restore(loaded) == 299
+    assert restored.restore(loaded) == 0
+
+
+def test_no_file_means_no_flows(tmp_path: Path) -> None:
+    assert load_state(str(tmp_path / "missing.json")) == []
+
+
+def test_bad_entries_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    table = FlowTable()
+    table.apply(event("start"), "pipe")
+    path = tmp_path / "flows.json"
+    save_state(str(path), table)
+    document = json.loads(path.read_text())
+    good = document["flows"][0]
+    document["flows"] = [
+        good,
+        ["tcp"],
+        [*good[:7], good[7] ^ 1 << 10, *good[8:]],  # a label that does not carry its IDs
+        ["tcp", "192.0.2.1", 1, "192.0.2.2", 2, *good[5:]],
+        [*good[:8], "yesterday", *good[9:]],
+    ]
+    path.write_text(json.dumps(document))
+    assert load_state(str(path)) == list(table)
+    assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 4
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"version": 99, "flows": []}', '{"version": 1}'])
+def test_a_file_that_is_not_a_state_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "flows.json"
+    path.write_text(text)
+    with pytest.raises(StateFileError):
+        load_state(str(path))
+
+
+def test_an_unfinished_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "flows.json")
+    table = FlowTable()
+    table.apply(event("start"), "pipe")
+    save_state(path, table)
+    before = Path(path).read_text()
+    with StateWriter(path) as writer:
+        writer.write(list(table))
+    assert Path(path).read_text() == before
+    assert not Path(path + ".tmp").exists()
+
+
+def test_written_in_steps_is_one_document(tmp_path: Path) -> None:
+    table = FlowTable()
+    for port in range(1, 11):
+        table.apply(event("start", sport=port), "pipe")
+    records = list(table)
+    path = str(tmp_path / "flows.json")
+    with StateWriter(path) as writer:
+        for i in range(0, len(records), 3):
+            writer.write(records[i : i + 3])
+        writer.write([])
+        writer.commit(durable=True)
+    assert load_state(path) == records
