@@ -22,8 +22,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import __version__
 from .backends.prometheus import Family, Metrics
@@ -237,12 +237,25 @@ class Daemon:
         if self._prometheus is not None:
             await self._start_part(self._prometheus, "the metrics listener")
             self._listeners.append(f"metrics {self._prometheus.url}")
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._save_periodically()))
+        self._background(self._save_periodically, "saving the state file")
         if cfg.summary_interval > 0:
-            self._tasks.append(loop.create_task(self._summarise_periodically()))
-        if self._ebpf is not None:
-            self._tasks.append(loop.create_task(self._watch_interfaces(self._ebpf)))
+            self._background(self._summarise_periodically, "the summary")
+        ebpf = self._ebpf
+        if ebpf is not None:
+            self._background(lambda: self._watch_interfaces(ebpf), "watching the interfaces")
+
+    def _background(self, job: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``job`` until the daemon stops; restart it, after logging why, if it fails."""
+
+        async def guarded() -> None:
+            while True:
+                try:
+                    await job()
+                except Exception:
+                    log.exception("%s failed; starting it again", what)
+                    await asyncio.sleep(1)
+
+        self._tasks.append(asyncio.get_running_loop().create_task(guarded()))
 
     async def _start_part(self, part: _Part, what: str) -> None:
         try:

@@ -33,9 +33,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = "pipe"
 PARTIAL_LINE_TIMEOUT = 1.0
+# One read per wake-up, about a thousand lines: then the other sources get their turn.
 READ_SIZE = 1 << 16
-# Reads per wake-up before other sources get their turn.
-READS_PER_WAKEUP = 16
 # A larger pipe absorbs bursts while the loop is busy; 1 MiB is the default
 # limit for unprivileged processes (/proc/sys/fs/pipe-max-size).
 PIPE_SIZE = 1 << 20
@@ -169,7 +168,8 @@ class PipeSource:
         if self._fd >= 0:
             if self._loop is not None:
                 self._loop.remove_reader(self._fd)
-            self._drain()
+            while self._read():
+                pass
             tail = self._assembler.flush()
             if tail:
                 self._handle([tail])
@@ -181,27 +181,23 @@ class PipeSource:
             self._created = False
 
     def _readable(self) -> None:
-        self._drain()
+        self._read()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
         if self._assembler.pending and self._loop is not None:
             self._flush_timer = self._loop.call_later(PARTIAL_LINE_TIMEOUT, self._flush_partial)
 
-    def _drain(self) -> None:
-        assembler = self._assembler
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                chunk = os.read(self._fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            lines = assembler.feed(chunk)
-            if lines:
-                self._handle(lines)
-            if len(chunk) < READ_SIZE:
-                return
+    def _read(self) -> bool:
+        """Read and apply one chunk; False when the pipe is empty."""
+        try:
+            chunk = os.read(self._fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        lines = self._assembler.feed(chunk)
+        if lines:
+            self._handle(lines)
+        return len(chunk) == READ_SIZE
 
     def _flush_partial(self) -> None:
         self._flush_timer = None
