@@ -175,10 +175,10 @@ class Daemon:
 
     # -- talking to it -------------------------------------------------------------------------
 
-    def write_pipe(self, text: str) -> None:
+    def write_pipe(self, text: str | bytes) -> None:
         fd = os.open(self.pipe_path, os.O_WRONLY)
         try:
-            os.write(fd, text.encode())
+            os.write(fd, text.encode() if isinstance(text, str) else text)
         finally:
             os.close(fd)
 
