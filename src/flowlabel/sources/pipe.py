@@ -107,7 +107,7 @@ class LineAssembler:
 
 
 def _show(line: bytes) -> str:
-    text = line[:60].decode("utf-8", "backslashreplace")
+    text = line[:60].decode("utf-8", "replace")
     return repr(text + "...") if len(line) > 60 else repr(text)
 
 
@@ -218,8 +218,10 @@ class PipeSource:
             except EventError as exc:
                 if not line.strip():
                     continue  # blank lines are harmless
-                # Errors about the line as a whole already show it.
-                where = "" if exc.field == "line" else f" in line {_show(line)}"
-                self._sink.reject(SOURCE, f"{exc}{where}")
+                message = str(exc)
+                shown = _show(line)
+                # Some messages already quote the line.
+                where = "" if shown[1:41] in message else f" in line {shown}"
+                self._sink.reject(SOURCE, f"{message}{where}")
         if events:
             self._sink.submit(events, SOURCE)
