@@ -153,6 +153,7 @@ class Daemon:
         self._started = time.monotonic()
         # Set once the last run's flows are back: only then may the state file be replaced.
         self._restored = False
+        self._served = False
         self._saved_version = -1
         self._saves = 0
         self._save_seconds = 0.0
@@ -177,6 +178,7 @@ class Daemon:
             gc.freeze()
             log.info("flowlabel %s ready: %s", __version__, "; ".join(self._listeners))
             _notify_systemd("READY=1")
+            self._served = True
             self.ready.set()
             await self._stopping.wait()
             self.ready.clear()
@@ -333,7 +335,8 @@ class Daemon:
                 except Exception:
                     log.exception("stopping the %s backend failed", backend.name)
         self._firefly = self._ebpf = None
-        self._log_summary(final=True)
+        if self._served:
+            self._log_summary(final=True)
         self._pid_file.remove()
 
     # -- events -----------------------------------------------------------------------------
