@@ -121,8 +121,8 @@ class HTTPServer:
                 await self._write(writer, response, keep_alive, head_only=request.method == "HEAD")
                 if not keep_alive:
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            pass  # the client went away, or stopped sending half-way
         finally:
             self._connections.discard(writer)
             writer.close()
