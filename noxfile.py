@@ -19,7 +19,8 @@ ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
 WHEELHOUSE = ROOT / "wheelhouse"
 PLATFORM = f"manylinux_2_28_{platform.machine()}"
-TEST_DEPS = ["pytest>=7", "hypothesis>=6.80", "jsonschema>=4"]
+# format-nongpl brings the date-time checker the firefly schema relies on.
+TEST_DEPS = ["pytest>=7", "hypothesis>=6.80", "jsonschema[format-nongpl]>=4"]
 BENCHES = sorted((ROOT / "tests" / "bench").glob("bench_*.py"))
 
 

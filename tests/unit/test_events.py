@@ -715,6 +715,8 @@ def schema_validator(firefly_schema_path: Path) -> Any:
     schema = load_lenient_json(firefly_schema_path.read_text())
     cls = jsonschema.Draft202012Validator
     cls.check_schema(schema)
+    # Without a date-time checker the schema would accept any string as a time.
+    assert "date-time" in cls.FORMAT_CHECKER.checkers, "install jsonschema[format-nongpl]"
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
