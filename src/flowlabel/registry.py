@@ -26,13 +26,11 @@ normalise alike, only their exact spelling finds them.
 from __future__ import annotations
 
 import difflib
-import http.client
 import json
 import logging
 import os
 import re
 import tempfile
-import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -300,6 +298,11 @@ class Registry:
 
     @classmethod
     def _fetch(cls, url: str, timeout: float) -> tuple[Registry, bytes]:
+        # Imported here: urllib pulls in http and email, which cost every daemon
+        # start time and memory although most never fetch a registry.
+        import http.client
+        import urllib.request
+
         headers = {"Accept": "application/json", "User-Agent": "flowlabel"}
         try:
             request = urllib.request.Request(url, headers=headers)
