@@ -6,7 +6,9 @@ in the :class:`~flowlabel.state.FlowTable` and passes the changes to the
 backends (eBPF, firefly); metrics count every event by source and outcome.
 
 Lifecycle: the PID file is written first; the active flows of the last run are
-read back from the state file and marked again before any source opens; the
+read back from the state file and its journal and marked again before any
+source opens (every applied batch is journaled, so a killed daemon loses
+nothing); the
 daemon logs a line containing ``ready`` (and tells systemd, under
 ``Type=notify``) once it serves. SIGTERM or SIGINT close the sources, write
 the state file, detach the classifier and remove the pipe and the PID file.
@@ -38,9 +40,11 @@ from .state import (
     Change,
     FlowRecord,
     FlowTable,
+    Journal,
     StateFileError,
     StateWriter,
-    load_state,
+    remove_journals,
+    restore_state,
     save_state,
 )
 
@@ -155,6 +159,8 @@ class Daemon:
         self._restored = False
         self._served = False
         self._saved_version = -1
+        self._journal: Journal | None = None
+        self._journal_failing = False
         self._saves = 0
         self._save_seconds = 0.0
         self._reject_second = 0
@@ -202,15 +208,22 @@ class Daemon:
             raise StartupError(f"cannot create the work directory {cfg.work_dir}: {exc.strerror}") from None
         self.registry = self._load_registry()
         try:
-            restored = load_state(cfg.state_path)
+            restored = restore_state(cfg.state_path)
         except StateFileError as exc:
             # Kept aside for inspection: the next save replaces the file.
             broken = cfg.state_path + ".broken"
             with contextlib.suppress(OSError):
                 os.replace(cfg.state_path, broken)
-            log.warning("%s; starting without the flows of the last run (the file is now %s)", exc, broken)
-            restored = []
-        self._start_backends(restored)
+            log.warning("%s; starting with only the flows its journals name (the file is now %s)",
+                        exc, broken)
+            restored = restore_state(cfg.state_path)
+        if restored.replayed:
+            log.info("%d journaled changes replayed onto the state file", restored.replayed)
+        try:
+            self._journal = Journal(cfg.state_path, restored.next_generation)
+        except OSError as exc:
+            raise StartupError(f"cannot open the journal in {cfg.work_dir}: {exc.strerror}") from None
+        self._start_backends(restored.records)
         plugins = cfg.plugins
         if plugins.named_pipe is None and plugins.api is None and plugins.firefly is None:
             log.warning("no plugin configured: no flow events will arrive (add plugins.namedPipe, "
@@ -279,6 +292,7 @@ class Daemon:
             except (MarkerError, ValueError) as exc:
                 raise StartupError(f"cannot start marking: {exc}") from None
             restored = [r for r in restored if r.flow not in failed]
+            self._journal_removed(failed)
             modes = self._ebpf.attachment_modes()
             self._listeners.append(
                 "marking on " + ", ".join(f"{name} ({mode})" for name, mode in modes.items())
@@ -328,6 +342,9 @@ class Daemon:
         self._sources.clear()
         if self._restored:
             self._save(durable=True)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         for backend in (self._firefly, self._ebpf):
             if backend is not None:
                 try:
@@ -344,6 +361,13 @@ class Daemon:
     def submit(self, events: Sequence[FlowEvent], source: str) -> list[Change]:
         apply = self.table.apply
         changes = [apply(event, source) for event in events]
+        # Journaled before the map is written: a kill in between may restore a flow
+        # the map did not have yet, but never loses one it had.
+        if self._journal is not None:
+            try:
+                self._journal.append(changes)
+            except OSError as exc:
+                self._journal_error(exc)
         if self._ebpf is not None:
             changes = self._mark(self._ebpf, changes)
         if self._firefly is not None:
@@ -366,6 +390,7 @@ class Daemon:
             return changes
         for flow in failed:
             self.table.discard(flow)
+        self._journal_removed(failed)
         return [self._failed(c, failed) for c in changes]
 
     @staticmethod
@@ -373,6 +398,20 @@ class Daemon:
         if change.record is not None and change.outcome != ENDED and change.record.flow in failed:
             return change._replace(outcome=FAILED, relabel=False)
         return change
+
+    def _journal_removed(self, flows: set[Flow]) -> None:
+        if self._journal is not None and flows:
+            try:
+                self._journal.removed(flows)
+            except OSError as exc:
+                self._journal_error(exc)
+
+    def _journal_error(self, exc: OSError) -> None:
+        # Logged once until a snapshot, which holds the changes the journal missed, succeeds.
+        if not self._journal_failing:
+            self._journal_failing = True
+            log.error("cannot write the journal: %s; changes are kept only by the next state-file "
+                      "write until it works again", exc)
 
     def reject(self, source: str, reason: str) -> None:
         self.metrics.count(source, REJECTED)
@@ -420,24 +459,44 @@ class Daemon:
     # -- the state file and the summary ----------------------------------------------------------
 
     def _save(self, *, durable: bool = False) -> None:
-        """Write the whole table at once (at exit)."""
+        """Write the whole table at once (at exit, when no more events come)."""
         path = self.config.state_path
         began = time.perf_counter()
+        following = self._journal.generation + 1 if self._journal is not None else 0
         try:
-            count = save_state(path, self.table, durable=durable)
+            count = save_state(path, self.table, durable=durable, journal=following)
         except OSError as exc:
             log.error("cannot write the state file %s: %s", path, exc)
             return
+        remove_journals(path, following)
         self._saved(began, count)
 
+    def _next_journal(self) -> int:
+        """Start a new journal generation for the changes after this instant; returns it."""
+        old = self._journal
+        assert old is not None
+        try:
+            self._journal = Journal(self.config.state_path, old.generation + 1)
+        except OSError as exc:
+            self._journal_error(exc)
+            return old.generation
+        old.close()
+        self._journal_failing = False
+        return self._journal.generation
+
     async def _save_in_steps(self) -> None:
-        """Write a snapshot of the table, letting the loop serve events between steps."""
+        """Write a snapshot of the table, letting the loop serve events between steps.
+
+        The snapshot is the table at one instant; the changes after it go to a
+        new journal, and the older journals go once the snapshot is in place.
+        """
         path = self.config.state_path
         began = time.perf_counter()
         version = self.table.version
         records = list(self.table)
+        generation = self._next_journal()
         try:
-            with StateWriter(path) as writer:
+            with StateWriter(path, journal=generation) as writer:
                 for i in range(0, len(records), SAVE_STEP):
                     writer.write(records[i : i + SAVE_STEP])
                     await asyncio.sleep(0)
@@ -445,6 +504,7 @@ class Daemon:
         except OSError as exc:
             log.error("cannot write the state file %s: %s", path, exc)
             return
+        remove_journals(path, generation)
         self._saved(began, writer.count, version)
 
     def _saved(self, began: float, count: int, version: int | None = None) -> None:

@@ -14,7 +14,18 @@ with their labels::
      "flows": [["tcp", "2001:db8::1", 2345, "2001:db8::2", 5777, 2, 15, 263228,
                 "2024-03-28T08:58:48Z", null, "pipe"], ...]}
 
-It is replaced atomically (written to ``flows.json.tmp``, then renamed).
+It is replaced atomically (written to ``flows.json.tmp``, then renamed) and
+names the journal generation that continues it (``"journal": 7``; 0 when absent).
+
+Between snapshots every applied batch of changes is appended to the journal,
+``flows.journal.<generation>``, as one line (a JSON array) in one ``write()``:
+a full row starts or relabels a flow, a five-column key
+(``["tcp", "2001:db8::1", 2345, "2001:db8::2", 5777]``) removes it. A write that
+returned is in the page cache, so a killed daemon loses nothing; only a crash of
+the whole host may take the last seconds. Writing a snapshot starts a new
+generation; once the snapshot is in place the older journals are deleted. At
+start the snapshot is read and every journal of its generation or later is
+replayed on top of it, in order.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from socket import AF_INET6, inet_ntop
@@ -43,9 +55,15 @@ __all__ = [
     "Change",
     "FlowRecord",
     "FlowTable",
+    "Journal",
+    "Restored",
     "StateFileError",
     "StateWriter",
+    "journal_generations",
+    "journal_path",
     "load_state",
+    "remove_journals",
+    "restore_state",
     "save_state",
 ]
 
@@ -265,13 +283,13 @@ class StateWriter:
     event loop for long.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, journal: int = 0) -> None:
         self.path = path
         self.count = 0
         self._tmp = path + ".tmp"
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         saved = _format_time(datetime.now(timezone.utc))
-        head = {"version": STATE_VERSION, "saved": saved, "columns": COLUMNS}
+        head = {"version": STATE_VERSION, "saved": saved, "journal": journal, "columns": COLUMNS}
         # The document is written by hand from here on, so "flows" must be its last member.
         self._write(json.dumps(head, separators=(",", ":"))[:-1] + ',"flows":[')
 
@@ -322,25 +340,23 @@ class StateWriter:
         self.abort()
 
 
-def save_state(path: str, records: Iterable[FlowRecord], *, durable: bool = False) -> int:
+def save_state(
+    path: str, records: Iterable[FlowRecord], *, durable: bool = False, journal: int = 0
+) -> int:
     """Replace the state file at ``path`` with ``records``; returns how many were written."""
-    with StateWriter(path) as writer:
+    with StateWriter(path, journal=journal) as writer:
         writer.write(records)
         writer.commit(durable=durable)
     return writer.count
 
 
-def load_state(path: str) -> list[FlowRecord]:
-    """The flows in the state file at ``path`` (none if there is no file).
-
-    A bad entry is logged and skipped; a file that is not a state file at all
-    raises :class:`StateFileError`.
-    """
+def _read_snapshot(path: str) -> tuple[list[FlowRecord], int]:
+    """The flows in the state file at ``path`` and the journal generation that continues it."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return []
+        return [], 0
     except OSError as exc:
         raise StateFileError(f"cannot read the state file {path}: {exc.strerror}") from None
     try:
@@ -352,10 +368,161 @@ def load_state(path: str) -> list[FlowRecord]:
     rows = document.get("flows")
     if not isinstance(rows, list):
         raise StateFileError(f"{path}: 'flows' must be a list")
+    generation = document.get("journal", 0)
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise StateFileError(f"{path}: 'journal' must be a generation number")
     records = []
     for i, row in enumerate(rows):
         try:
             records.append(_record(row))
         except (ValueError, TypeError) as exc:
             log.warning("state file %s: flows[%d] skipped: %s", path, i, exc)
-    return records
+    return records, generation
+
+
+def load_state(path: str) -> list[FlowRecord]:
+    """The flows in the state file at ``path`` (none if there is no file), without its journal.
+
+    A bad entry is logged and skipped; a file that is not a state file at all
+    raises :class:`StateFileError`.
+    """
+    return _read_snapshot(path)[0]
+
+
+# -- the journal -------------------------------------------------------------------------------
+
+
+def journal_path(state_path: str, generation: int) -> str:
+    """The journal of ``generation`` beside the state file (``flows.json`` -> ``flows.journal.7``)."""
+    return f"{os.path.splitext(state_path)[0]}.journal.{generation}"
+
+
+def journal_generations(state_path: str) -> list[int]:
+    """The generations of the journals beside the state file, oldest first."""
+    directory = os.path.dirname(state_path) or "."
+    pattern = re.compile(re.escape(os.path.basename(journal_path(state_path, 0))[:-1]) + r"(\d+)\Z")
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+
+
+def _key_row(flow: Flow) -> list[Any]:
+    return [flow.protocol, _address(flow.src), flow.sport, _address(flow.dst), flow.dport]
+
+
+class Journal:
+    """The changes applied since the last snapshot, one line per batch, appended to one file.
+
+    :meth:`append` makes exactly one ``write()``, so a line is whole in the page
+    cache or absent; no fsync: the journal is meant to outlive the process, not
+    the host.
+    """
+
+    def __init__(self, state_path: str, generation: int) -> None:
+        self.generation = generation
+        self.path = journal_path(state_path, generation)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+    def append(self, changes: Iterable[Change]) -> None:
+        """Record what ``changes`` did to the active flows (nothing for those that changed nothing)."""
+        entries: list[list[Any]] = []
+        for change in changes:
+            if not change.relabel or change.record is None:
+                continue
+            if change.outcome == ENDED or change.outcome == FAILED:
+                entries.append(_key_row(change.record.flow))
+            else:
+                entries.append(_row(change.record))
+        if entries:
+            self._write(entries)
+
+    def removed(self, flows: Iterable[Flow]) -> None:
+        """Record that ``flows`` are no longer active (the classifier refused them)."""
+        entries = [_key_row(flow) for flow in flows]
+        if entries:
+            self._write(entries)
+
+    def _write(self, entries: list[list[Any]]) -> None:
+        data = (json.dumps(entries, separators=(",", ":")) + "\n").encode()
+        written = os.write(self._fd, data)
+        if written != len(data):
+            # Only a full disk does this; the rest would join the next line and spoil both.
+            os.write(self._fd, b"\n")
+            raise OSError(f"short write to the journal {self.path} ({written} of {len(data)} bytes)")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _replay(path: str, flows: dict[Flow, FlowRecord]) -> int:
+    """Apply the journal at ``path`` to ``flows``; returns how many entries it held."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as exc:
+        log.warning("cannot read the journal %s: %s", path, exc.strerror)
+        return 0
+    count = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entries = json.loads(line)
+            if not isinstance(entries, list):
+                raise ValueError("a line must be a JSON array")
+        except (ValueError, RecursionError) as exc:
+            # A line cut short by a full disk or a crash of the host; the others stand on their own.
+            log.warning("journal %s: line %d skipped: %s", path, number, exc)
+            continue
+        for entry in entries:
+            try:
+                if isinstance(entry, list) and len(entry) == 5:
+                    protocol, src, sport, dst, dport = entry
+                    flows.pop(Flow.of(protocol, src, dst, sport, dport), None)
+                else:
+                    record = _record(entry)
+                    flows[record.flow] = record
+                count += 1
+            except (ValueError, TypeError) as exc:
+                log.warning("journal %s: line %d: an entry skipped: %s", path, number, exc)
+    return count
+
+
+class Restored(NamedTuple):
+    """What :func:`restore_state` found."""
+
+    records: list[FlowRecord]
+    #: The generation for the next journal: above every one on disk.
+    next_generation: int
+    #: Journal entries replayed on top of the snapshot.
+    replayed: int
+
+
+def restore_state(path: str) -> Restored:
+    """The active flows of the last run: the state file at ``path`` plus its journals.
+
+    A state file that cannot be read raises :class:`StateFileError` after
+    nothing else; the caller may set it aside and call again, and then every
+    journal on disk is replayed onto an empty table.
+    """
+    records, generation = _read_snapshot(path)
+    flows = {record.flow: record for record in records}
+    generations = journal_generations(path)
+    replayed = 0
+    for gen in generations:
+        if gen >= generation:
+            replayed += _replay(journal_path(path, gen), flows)
+    following = max([generation, *generations]) + 1
+    return Restored(list(flows.values()), following, replayed)
+
+
+def remove_journals(path: str, below: int) -> None:
+    """Delete the journals of generations before ``below`` (a snapshot now holds their changes)."""
+    for gen in journal_generations(path):
+        if gen < below:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(journal_path(path, gen))

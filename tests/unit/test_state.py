@@ -17,9 +17,14 @@ from flowlabel.state import (
     STARTED,
     UNKNOWN_END,
     FlowTable,
+    Journal,
     StateFileError,
     StateWriter,
+    journal_generations,
+    journal_path,
     load_state,
+    remove_journals,
+    restore_state,
     save_state,
 )
 
@@ -138,3 +143,70 @@ def test_written_in_steps_is_one_document(tmp_path: Path) -> None:
         writer.write([])
         writer.commit(durable=True)
     assert load_state(path) == records
+
+
+# -- the journal -------------------------------------------------------------------------------
+
+
+def test_the_journal_carries_the_changes_after_the_snapshot(tmp_path: Path) -> None:
+    path = str(tmp_path / "flows.json")
+    table = FlowTable()
+    for port in range(1, 6):
+        table.apply(event("start", sport=port), "pipe")
+    save_state(path, table, journal=3)
+    journal = Journal(path, 3)
+    # One batch: a new flow, an end, a relabel; then a start and an end of the same flow.
+    journal.append([table.apply(event("start", sport=6), "api"), table.apply(event("end", sport=1), "pipe"),
+                    table.apply(event("start", sport=2, activity=9), "pipe")])
+    journal.append([table.apply(event("start", sport=7), "pipe"), table.apply(event("end", sport=7), "pipe")])
+    journal.append([table.apply(event("start", sport=3), "pipe")])  # changes nothing: not written
+    journal.close()
+    assert len(Path(journal.path).read_text().splitlines()) == 2
+    restored = restore_state(path)
+    assert sorted(restored.records) == sorted(table)
+    assert restored.replayed == 5 and restored.next_generation == 4
+
+
+def test_journals_of_older_generations_are_ignored_and_newer_ones_replayed_in_order(tmp_path: Path) -> None:
+    path = str(tmp_path / "flows.json")
+    table = FlowTable()
+    started = table.apply(event("start", sport=1), "pipe")
+    ended = table.apply(event("end", sport=1), "pipe")
+    save_state(path, [], journal=2)
+    old = Journal(path, 1)
+    old.append([started])  # already in the snapshot's past
+    old.close()
+    for generation, change in ((2, started), (3, ended), (4, started)):
+        j = Journal(path, generation)
+        j.append([change])
+        j.close()
+    assert journal_generations(path) == [1, 2, 3, 4]
+    restored = restore_state(path)
+    assert restored.records == [started.record] and restored.next_generation == 5
+    remove_journals(path, 4)
+    assert journal_generations(path) == [4]
+
+
+def test_a_torn_journal_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "flows.json")
+    table = FlowTable()
+    journal = Journal(path, 1)
+    journal.append([table.apply(event("start", sport=1), "pipe")])
+    journal.close()
+    with open(journal_path(path, 1), "a") as f:
+        f.write('[["tcp","2001:db8::1",2,"2001:db8::2",5777,2,15,26')  # the write a crash cut short
+    restored = restore_state(path)
+    assert restored.records == list(table)
+    assert any("line 2 skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_removed_flows_are_journaled(tmp_path: Path) -> None:
+    path = str(tmp_path / "flows.json")
+    table = FlowTable()
+    change = table.apply(event("start", sport=1), "pipe")
+    journal = Journal(path, 1)
+    journal.append([change])
+    assert change.record is not None
+    journal.removed({change.record.flow})
+    journal.close()
+    assert restore_state(path).records == []
