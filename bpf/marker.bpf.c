@@ -3,6 +3,10 @@
  * tc egress classifier: writes the SciTags flow label into the IPv6 header
  * of every packet whose 5-tuple is in the `flows` map. It only ever rewrites
  * the 20 label bits and always lets the packet through.
+ *
+ * A map lookup is a kernel call and costs more than parsing, so the common
+ * cases avoid it: a presence filter rules most packets of unknown flows out,
+ * and a per-CPU copy of the last flow found serves trains of one flow.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -76,6 +80,52 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counters);
 } counters SEC(".maps");
+
+/* The presence filter (see marker.h); the loader sets its size before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, FLOWLABEL_FILTER_MIN_BITS / 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} filter SEC(".maps");
+
+/* Bumped by user space when a cached label may have become wrong (marker.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} generation SEC(".maps");
+
+/*
+ * The last flow this CPU found in the map: bulk transfers send trains of
+ * packets of one flow, and a hit here costs a few loads instead of a hash
+ * lookup. The zeroed initial entry never matches, as a parsed key's proto is
+ * TCP or UDP.
+ */
+struct cache_entry {
+	union flow_key_words key;
+	__u64 generation; /* read before the lookup that found label */
+	__u32 label;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cache_entry);
+} cache SEC(".maps");
+
+/*
+ * Benchmarks build with -DFLOWLABEL_BENCH_COLD_CACHE=1: the cache is then
+ * filled with a generation that never matches, which times a cache miss.
+ */
+#ifndef FLOWLABEL_BENCH_COLD_CACHE
+#define FLOWLABEL_BENCH_COLD_CACHE 0
+#endif
 
 /* Set by the loader in .rodata: the verifier then prunes what is off. */
 const volatile struct marker_config cfg = {};
@@ -283,18 +333,77 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb,
 	return PARSE_FLOW;
 }
 
-/* Adds one to each of the counters a, b and c (c may be -1: none). */
-static __always_inline void count(int a, int b, int c)
+/* Adds one to counter c; user space derives seen and ipv6 (marker.h). */
+static __always_inline void count(int c)
 {
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 
-	if (!cnt)
-		return;
-	cnt->n[a]++;
-	cnt->n[b]++;
-	if (c >= 0)
+	if (cnt)
 		cnt->n[c]++;
+}
+
+/* Slot s of the filter as a bit of its __u64 word (bytes in memory order). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FILTER_BIT(s) ((s) & 63)
+#else
+#define FILTER_BIT(s) (((s) & 63) ^ 56)
+#endif
+
+/* False if no flow in the map can have this key: then there is no lookup. */
+static __always_inline int filter_passes(const struct flow_key *key)
+{
+	__u32 slot, word_idx;
+	__u64 *word;
+
+	if (!cfg.filter_mask)
+		return 1;
+	slot = flowlabel_filter_hash(key) & cfg.filter_mask;
+	word_idx = slot / 64;
+	word = bpf_map_lookup_elem(&filter, &word_idx);
+	return word && (*word >> FILTER_BIT(slot) & 1);
+}
+
+/*
+ * The flow's label, from this CPU's cache or the map; 0 if it is not in the
+ * map. Why a cached label is never staler than the first packet after the
+ * generation moves: user space changes or removes an entry first and bumps
+ * the generation after. The cache stores the generation read before its
+ * lookup, so a lookup that could still see the old entry stored an older
+ * generation than the bump, and the next packet looks up again. (x86 keeps
+ * the two loads in order; the kernel runs tc programs with migration and
+ * bottom halves off, so nothing else on this CPU writes the entry meanwhile.)
+ */
+static __always_inline int flow_label(union flow_key_words *kw, __u32 *label)
+{
+	__u32 zero = 0;
+	__u64 *gen_ptr = bpf_map_lookup_elem(&generation, &zero);
+	struct cache_entry *c = bpf_map_lookup_elem(&cache, &zero);
+	struct flow_value *val;
+	__u64 gen, diff;
+
+	if (!gen_ptr || !c)
+		return 0;
+	gen = *(volatile __u64 *)gen_ptr;
+	diff = (c->key.w[0] ^ kw->w[0]) | (c->key.w[1] ^ kw->w[1]) | (c->key.w[2] ^ kw->w[2]) |
+	       (c->key.w[3] ^ kw->w[3]) | (c->key.w[4] ^ kw->w[4]) | (c->generation ^ gen);
+	if (!diff) {
+		*label = c->label;
+		return 1;
+	}
+
+	val = bpf_map_lookup_elem(&flows, &kw->key);
+	if (!val)
+		return 0;
+	*label = val->label; /* read once: user space may rewrite it meanwhile */
+	c->key.w[0] = kw->w[0];
+	c->key.w[1] = kw->w[1];
+	c->key.w[2] = kw->w[2];
+	c->key.w[3] = kw->w[3];
+	c->key.w[4] = kw->w[4];
+	c->label = *label;
+	c->generation = gen + FLOWLABEL_BENCH_COLD_CACHE;
+	return 1;
 }
 
 /* The packet is IPv6, or may be behind VLAN tags. */
@@ -303,8 +412,7 @@ static __always_inline void handle(struct __sk_buff *skb)
 	enum parse_result res = PARSE_UNPARSED;
 	struct ipv6hdr *ip6h = NULL;
 	union flow_key_words kw;
-	struct flow_value *val;
-	__u32 pull_len = 0;
+	__u32 pull_len = 0, label;
 	__be32 *word;
 
 	/*
@@ -332,30 +440,29 @@ static __always_inline void handle(struct __sk_buff *skb)
 	case PARSE_FLOW:
 		break;
 	case PARSE_NON_IPV6:
-		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_NON_IPV6, -1);
+		count(FLOWLABEL_CNT_NON_IPV6);
 		debug("not ipv6 behind the link-layer header");
 		return;
 	default: /* unparsed, or still short after MAX_PULLS pulls */
-		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_IPV6, FLOWLABEL_CNT_UNPARSED);
+		count(FLOWLABEL_CNT_UNPARSED);
 		debug("unparsed");
 		return;
 	}
 
-	val = bpf_map_lookup_elem(&flows, &kw.key);
-	if (!val) {
-		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_IPV6, FLOWLABEL_CNT_MISSED);
+	if (!filter_passes(&kw.key) || !flow_label(&kw, &label)) {
+		count(FLOWLABEL_CNT_MISSED);
 		debug("miss proto %u sport %u dport %u", kw.key.proto,
 		      bpf_ntohs(kw.key.sport), bpf_ntohs(kw.key.dport));
 		return;
 	}
 
 	/* Version and traffic class (ECN included) stay as they are. */
+	label &= FLOWLABEL_LABEL_MASK;
 	word = (__be32 *)ip6h;
-	*word = (*word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) |
-		bpf_htonl(val->label & FLOWLABEL_LABEL_MASK);
-	count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_IPV6, FLOWLABEL_CNT_MARKED);
+	*word = (*word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) | bpf_htonl(label);
+	count(FLOWLABEL_CNT_MARKED);
 	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(kw.key.sport),
-	      bpf_ntohs(kw.key.dport), val->label & FLOWLABEL_LABEL_MASK);
+	      bpf_ntohs(kw.key.dport), label);
 }
 
 SEC("tc")
@@ -367,7 +474,7 @@ int marker_egress(struct __sk_buff *skb)
 	if (proto == bpf_htons(ETH_P_IPV6) || (is_vlan(proto) && !cfg.l3)) {
 		handle(skb);
 	} else {
-		count(FLOWLABEL_CNT_SEEN, FLOWLABEL_CNT_NON_IPV6, -1);
+		count(FLOWLABEL_CNT_NON_IPV6);
 		debug("not ipv6, protocol 0x%04x", bpf_ntohs(proto));
 	}
 	return TC_ACT_OK;

@@ -3,9 +3,11 @@
  * The one definition of what the classifier and user space share: the flow
  * map's key and value, the per-CPU counters and the load-time configuration.
  *
- * csrc/build_ffi.py feeds this file to cffi's cdef, so it keeps to what that
- * parser understands: plain integer #defines, enums and structs of the
- * __u8/__u16/__u32/__u64 types. Byte order is noted per field.
+ * csrc/build_ffi.py feeds this file to cffi's cdef, so up to the line that
+ * says where cdef stops it keeps to what that parser understands: plain
+ * integer #defines, enums and structs of the __u8/__u16/__u32/__u64 types.
+ * Byte order is noted per field. After that line come the functions both
+ * sides compile, so that they compute the same thing.
  */
 #ifndef FLOWLABEL_MARKER_H
 #define FLOWLABEL_MARKER_H
@@ -43,9 +45,11 @@ struct flow_value {
 };
 
 /*
- * Indexes of the per-CPU counters (one __u64 each), all kept by the
- * classifier. Each packet ends in exactly one of marked, missed, unparsed and
- * non_ipv6, so seen = ipv6 + non_ipv6 and ipv6 = marked + missed + unparsed.
+ * Indexes of the per-CPU counters (one __u64 each). Each packet ends in
+ * exactly one of marked, missed, unparsed and non_ipv6, and the classifier
+ * adds one to that counter only: seen and ipv6 stay zero in the map, and
+ * user space derives them as seen = ipv6 + non_ipv6 and
+ * ipv6 = marked + missed + unparsed (one increment per packet instead of three).
  *   seen      every packet
  *   ipv6      IPv6 behind Ethernet and up to two 802.1Q/802.1AD tags, or bare
  *             IPv6 in L3 mode
@@ -65,11 +69,66 @@ enum flowlabel_counter {
 	FLOWLABEL_CNT_MAX = 6,
 };
 
+/*
+ * The presence filter, the `filter` map: an mmapable array of __u64 words,
+ * one bit per slot, that user space keeps as "some flow in the map has a key
+ * whose slot this is" (a bit may be set with no such flow, never the other
+ * way round). The classifier skips the flow-map lookup when the packet's
+ * slot is clear. Slot s is bit s % 8 of byte s / 8 of the map's memory (bit
+ * s % 64 of word s / 64 on a little-endian host). The loader sizes it before
+ * load to a power of two of bits: FLOWLABEL_FILTER_BITS_PER_FLOW per flow the
+ * map can hold, at least FLOWLABEL_FILTER_MIN_BITS and at most
+ * FLOWLABEL_FILTER_MAX_BITS. The slot of a key is
+ * flowlabel_filter_hash(key) & cfg.filter_mask.
+ */
+#define FLOWLABEL_FILTER_MIN_BITS 4096
+#define FLOWLABEL_FILTER_MAX_BITS 134217728
+#define FLOWLABEL_FILTER_BITS_PER_FLOW 8
+
+/*
+ * The `generation` map: one mmapable __u64 that user space increments after
+ * every change of the flow map other than the insertion of a new key (a label
+ * replaced, a flow removed, the map cleared). The classifier's per-CPU cache
+ * of the last flow it marked is valid only while the generation is the one
+ * it read before its lookup.
+ */
+
 /* Load-time options, the classifier's `const volatile struct marker_config cfg`. */
 struct marker_config {
-	__u8 debug; /* bpf_printk each decision */
-	__u8 l3;    /* the device has no link-layer header: packets start at IPv6 */
+	__u8 debug;       /* bpf_printk each decision */
+	__u8 l3;          /* the device has no link-layer header: packets start at IPv6 */
 	__u8 pad[2];
+	__u32 filter_mask; /* filter bits - 1; 0: no filter, every packet is looked up */
 };
+
+/* ---- cffi's cdef stops here: what follows is compiled, not parsed. ---- */
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((__always_inline__))
+#endif
+
+/*
+ * The filter slot of a key, before the mask: the classifier and the loader
+ * (through the extension) both call this one definition. It reads the key as
+ * five host-order words, so both sides hash the same bytes the same way.
+ * Each address is folded to 32 bits (by xor, so every byte counts), the
+ * ports and protocol are multiplied by an odd constant so that they cannot
+ * cancel an address difference, and a xor-shift, multiply, xor-shift
+ * spreads every input bit over the low bits that the mask keeps.
+ */
+static __always_inline __u32 flowlabel_filter_hash(const struct flow_key *k)
+{
+	const __u8 *p = (const __u8 *)k;
+	__u64 w[5], s, d, h;
+
+	__builtin_memcpy(w, p, sizeof(w));
+	s = w[0] ^ w[1];
+	d = w[2] ^ w[3];
+	h = (s ^ (s >> 32)) << 32 | (__u32)(d ^ (d >> 32));
+	h ^= w[4] * 0x9e3779b97f4a7c15ULL; /* ports, proto, pad */
+	h ^= h >> 32;
+	h *= 0xbf58476d1ce4e5b9ULL;
+	return (__u32)(h ^ (h >> 32));
+}
 
 #endif /* FLOWLABEL_MARKER_H */

@@ -76,20 +76,37 @@ int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, vo
 """
 
 
+#: The line of marker.h after which come functions, which cffi's parser does not take.
+CDEF_STOP = "cffi's cdef stops here"
+
+#: Prototypes of marker.h's functions: API mode compiles a wrapper that calls the
+#: static inline definition, so user space runs the classifier's own code. Keys
+#: are declared ``const void *`` so that a packed key (bytes) passes as it is; C
+#: converts the pointer to ``const struct flow_key *`` in the wrapper.
+MARKER_FUNCTIONS_CDEF = """
+__u32 flowlabel_filter_hash(const void *k);
+"""
+
+
 def marker_cdef(path: pathlib.Path = MARKER_H) -> str:
-    """The declarations of marker.h without its preprocessor scaffolding.
+    """The declarations of marker.h without its preprocessor scaffolding and functions.
 
     cffi's parser takes integer ``#define``s but no include guards or
-    includes, so only those lines are dropped.
+    includes, so those lines are dropped, and so is everything after the line
+    that says where cdef stops.
     """
     lines = []
     for line in path.read_text().splitlines():
+        if CDEF_STOP in line:
+            break
         stripped = line.strip()
         if re.match(r"#\s*(ifndef|endif|include|if|else)\b", stripped):
             continue
         if re.match(r"#\s*define\s+\w+_H\s*$", stripped):
             continue
         lines.append(line)
+    else:
+        raise SystemExit(f"{path}: no line saying {CDEF_STOP!r}")
     return "\n".join(lines)
 
 
@@ -106,6 +123,7 @@ def make_ffi() -> FFI:
     ffi.cdef(LIBBPF_CDEF)
     ffi.cdef(glue_cdef())
     ffi.cdef(marker_cdef())
+    ffi.cdef(MARKER_FUNCTIONS_CDEF)
     ffi.set_source(
         "flowlabel._bpf",
         """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import mmap
 import os
 import struct
 import sys
@@ -35,6 +36,8 @@ BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 PROGRAM_NAME = "marker_egress"
 FLOW_MAP = "flows"
 COUNTER_MAP = "counters"
+FILTER_MAP = "filter"
+GENERATION_MAP = "generation"
 CONFIG_VAR = "cfg"
 
 #: Lines of the verifier log kept in a VerifierError's message.
@@ -114,6 +117,83 @@ def _errno_error(what: str, err: int) -> MarkerError:
     return MarkerError(f"{what}: {os.strerror(err)} (errno {err})")
 
 
+def default_filter_bits(max_flows: int, lib: Any) -> int:
+    """Presence-filter size for a flow map of ``max_flows``: a power of two (marker.h)."""
+    wanted = max_flows * lib.FLOWLABEL_FILTER_BITS_PER_FLOW
+    bits = 1 << max(wanted - 1, 1).bit_length()
+    return int(min(max(bits, lib.FLOWLABEL_FILTER_MIN_BITS), lib.FLOWLABEL_FILTER_MAX_BITS))
+
+
+class _FlowFilter:
+    """User space's half of the presence filter and of the cache generation.
+
+    Several flows can share a filter slot, so a count per slot says how many
+    map entries use it: its bit is set before the first one is inserted and
+    cleared after the last one is deleted. A count that reaches 255 sticks
+    (its bit then stays set until :meth:`reset`, which only costs lookups).
+    Bits and the generation are written through mmaps of the maps, without a
+    system call. Programs sharing a flow map share one of these.
+    """
+
+    def __init__(self, lib: Any, filter_fd: int, bits: int, generation_fd: int) -> None:
+        page = mmap.PAGESIZE
+        self.bits = bits
+        self._hash = lib.flowlabel_filter_hash
+        self._mask = bits - 1
+        self._map = mmap.mmap(filter_fd, -(-bits // 8 // page) * page, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        self._counts = bytearray(bits)
+        self._gen_map = mmap.mmap(generation_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._generation = memoryview(self._gen_map).cast("Q")
+
+    def slot(self, key: bytes) -> int:
+        return int(self._hash(key)) & self._mask
+
+    def has(self, slot: int) -> bool:
+        return bool(self._map[slot >> 3] >> (slot & 7) & 1)
+
+    def before_insert(self, key: bytes) -> int:
+        """Set the key's bit (before the map entry exists); returns its slot."""
+        slot = self.slot(key)
+        if not self._counts[slot]:
+            self._map[slot >> 3] |= 1 << (slot & 7)
+        return slot
+
+    def inserted(self, slot: int) -> None:
+        count = self._counts[slot]
+        if count < 255:
+            self._counts[slot] = count + 1
+
+    def not_inserted(self, slot: int) -> None:
+        """The insert after :meth:`before_insert` failed."""
+        if not self._counts[slot]:
+            self._map[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+
+    def deleted(self, key: bytes) -> None:
+        """A map entry of ``key`` is gone: clear its bit if it was the slot's last."""
+        slot = self.slot(key)
+        count = self._counts[slot]
+        if count == 1:
+            self._counts[slot] = 0
+            self._map[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+        elif 1 < count < 255:
+            self._counts[slot] = count - 1
+
+    def bump(self) -> None:
+        """Invalidate the classifier's cached labels: after a change or removal."""
+        self._generation[0] += 1
+
+    @property
+    def generation(self) -> int:
+        return int(self._generation[0])
+
+    def reset(self) -> None:
+        """The map was emptied: every bit and count to zero, then a bump."""
+        self._counts = bytearray(self.bits)
+        self._map[:] = bytes(len(self._map))
+        self.bump()
+
+
 class Program:
     """One opened, configured and loaded copy of the classifier.
 
@@ -122,7 +202,9 @@ class Program:
     before load; ``max_flows`` sizes the flow map. ``tcx`` prepares the program
     for a TCX link (its expected attach type must be set before load).
     ``share_flows_with`` makes this copy use another one's flow map, so that
-    programs for devices with and without a link-layer header see the same flows.
+    programs for devices with and without a link-layer header see the same flows
+    (and its presence filter and cache generation with it). ``filter_bits`` sizes
+    the presence filter (a power of two; default: from ``max_flows``).
     """
 
     def __init__(
@@ -135,9 +217,11 @@ class Program:
         program: str = PROGRAM_NAME,
         tcx: bool = False,
         share_flows_with: Program | None = None,
+        filter_bits: int | None = None,
     ) -> None:
         self._ffi, self._lib = _extension()
         self._obj: Any = self._ffi.NULL
+        self._filter: _FlowFilter | None = None
         if not BTF_PATH.exists():
             raise NoBTFError(
                 f"the kernel has no BTF ({BTF_PATH} is missing); "
@@ -146,11 +230,12 @@ class Program:
         self.path = Path(path) if path is not None else bundled_object()
         self._open()
         try:
-            self._configure(debug=debug, l3=l3, max_flows=max_flows, program=program, tcx=tcx)
+            if share_flows_with is not None and share_flows_with._filter is not None:
+                filter_bits = share_flows_with._filter.bits
+            self._configure(debug=debug, l3=l3, max_flows=max_flows, program=program, tcx=tcx,
+                            filter_bits=filter_bits)
             if share_flows_with is not None:
-                err = self._lib.bpf_map__reuse_fd(self._flows, share_flows_with.map_fd)
-                if err:
-                    raise _errno_error("sharing the flow map", err)
+                self._share_maps(share_flows_with)
             self._load()
         except BaseException:
             self.close()
@@ -179,7 +264,8 @@ class Program:
             raise ObjectError(f"{self.path} is not a usable BPF object: {detail or os.strerror(ffi.errno)}")
         self._obj = obj
 
-    def _configure(self, *, debug: bool, l3: bool, max_flows: int, program: str, tcx: bool) -> None:
+    def _configure(self, *, debug: bool, l3: bool, max_flows: int, program: str, tcx: bool,
+                   filter_bits: int | None) -> None:
         ffi, lib = self._ffi, self._lib
         self._prog = lib.bpf_object__find_program_by_name(self._obj, program.encode())
         if self._prog == ffi.NULL:
@@ -192,13 +278,42 @@ class Program:
             if not 1 <= max_flows <= 1 << 24:
                 raise ValueError(f"max_flows must be between 1 and {1 << 24}, not {max_flows}")
             lib.bpf_map__set_max_entries(self._flows, max_flows)
+        self._filter_map = lib.bpf_object__find_map_by_name(self._obj, FILTER_MAP.encode())
+        self._generation_map = lib.bpf_object__find_map_by_name(self._obj, GENERATION_MAP.encode())
+        filter_mask = 0
+        if self._filter_map != ffi.NULL and self._generation_map != ffi.NULL:
+            bits = default_filter_bits(max_flows, lib) if filter_bits is None else filter_bits
+            low, high = lib.FLOWLABEL_FILTER_MIN_BITS, lib.FLOWLABEL_FILTER_MAX_BITS
+            if bits & (bits - 1) or not low <= bits <= high:
+                raise ValueError(f"filter_bits must be a power of two from {low} to {high}, not {bits}")
+            lib.bpf_map__set_max_entries(self._filter_map, bits // 64)
+            filter_mask = bits - 1
+        else:
+            self._filter_map = ffi.NULL
         size = ffi.new("size_t *")
         ptr = lib.fl_rodata_var(self._obj, CONFIG_VAR.encode(), size)
         if ptr != ffi.NULL:
-            cfg = ffi.new("struct marker_config *", {"debug": int(debug), "l3": int(l3)})
+            cfg = ffi.new("struct marker_config *",
+                          {"debug": int(debug), "l3": int(l3), "filter_mask": filter_mask})
             ffi.memmove(ptr, cfg, min(size[0], ffi.sizeof("struct marker_config")))
         elif debug or l3:
             raise ObjectError(f"{self.path} has no {CONFIG_VAR!r} configuration to set debug or l3 in")
+
+    def _share_maps(self, other: Program) -> None:
+        """Use the other program's flow map, and its filter and generation with it."""
+        lib = self._lib
+        err = lib.bpf_map__reuse_fd(self._flows, other.map_fd)
+        if err:
+            raise _errno_error("sharing the flow map", err)
+        if (self._filter_map != self._ffi.NULL) != (other._filter is not None):
+            raise ObjectError(f"{self.path} and {other.path} differ in having a presence filter")
+        if other._filter is not None:
+            for ours, theirs in ((self._filter_map, other._filter_map),
+                                 (self._generation_map, other._generation_map)):
+                err = lib.bpf_map__reuse_fd(ours, lib.bpf_map__fd(theirs))
+                if err:
+                    raise _errno_error("sharing the presence filter", err)
+            self._filter = other._filter
 
     def _load(self) -> None:
         ffi, lib = self._ffi, self._lib
@@ -219,6 +334,10 @@ class Program:
         self._ncpus = int(lib.libbpf_num_possible_cpus())
         self._pack_key = key_packer(ffi)
         self._value = ffi.new("struct flow_value *")
+        if self._filter is None and self._filter_map != ffi.NULL:
+            self._filter = _FlowFilter(lib, int(lib.bpf_map__fd(self._filter_map)),
+                                       int(lib.bpf_map__max_entries(self._filter_map)) * 64,
+                                       int(lib.bpf_map__fd(self._generation_map)))
 
     # -- facts ----------------------------------------------------------------
 
@@ -230,6 +349,23 @@ class Program:
     @property
     def max_flows(self) -> int:
         return int(self._lib.bpf_map__max_entries(self._flows))
+
+    @property
+    def filter_bits(self) -> int:
+        """Slots of the presence filter; 0 if the object has none."""
+        return self._filter.bits if self._filter is not None else 0
+
+    def filter_slot(self, key: bytes) -> int:
+        """The filter slot of a packed key (the classifier's own hash)."""
+        if self._filter is None:
+            raise ObjectError(f"{self.path} has no presence filter")
+        return self._filter.slot(key)
+
+    def filter_has(self, slot: int) -> bool:
+        """Whether a filter slot's bit is set: packets whose key hashes there are looked up."""
+        if self._filter is None:
+            raise ObjectError(f"{self.path} has no presence filter")
+        return self._filter.has(slot)
 
     def info(self) -> ProgramInfo:
         ffi = self._ffi
@@ -263,9 +399,23 @@ class Program:
 
     def set_label(self, key: bytes, label: int) -> None:
         """Insert or replace the label of one flow key."""
+        lib, filt = self._lib, self._filter
         self._value.label = label
-        err = self._lib.bpf_map_update_elem(self.map_fd, key, self._value, 0)
+        if filt is None:
+            err = lib.bpf_map_update_elem(self.map_fd, key, self._value, lib.BPF_ANY)
+            if err:
+                raise _errno_error("updating the flow map", err)
+            return
+        slot = filt.before_insert(key)
+        err = lib.bpf_map_update_elem(self.map_fd, key, self._value, lib.BPF_NOEXIST)
+        if err == 0:
+            filt.inserted(slot)
+            return
+        if err == -errno.EEXIST:
+            err = lib.bpf_map_update_elem(self.map_fd, key, self._value, lib.BPF_EXIST)
+            filt.bump()
         if err:
+            filt.not_inserted(slot)
             raise _errno_error("updating the flow map", err)
 
     def get_label(self, key: bytes) -> int | None:
@@ -283,12 +433,19 @@ class Program:
             return False
         if err:
             raise _errno_error("deleting from the flow map", err)
+        if self._filter is not None:
+            self._filter.deleted(key)
+            self._filter.bump()
         return True
 
     # -- counters -------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        """The classifier's counters, summed over CPUs."""
+        """The classifier's counters, summed over CPUs.
+
+        The classifier counts each packet once, in the counter of its outcome;
+        ``seen`` and ``ipv6`` are the sums marker.h defines them to be.
+        """
         ffi, lib = self._ffi, self._lib
         names = counter_names()
         per_cpu = ffi.new("uint64_t[]", self._ncpus * len(names))
@@ -301,6 +458,9 @@ class Program:
             base = cpu * len(names)
             for i, name in enumerate(names):
                 totals[name] += int(per_cpu[base + i])
+        if "ipv6" in totals and "seen" in totals:
+            totals["ipv6"] = totals["marked"] + totals["missed"] + totals["unparsed"]
+            totals["seen"] = totals["ipv6"] + totals["non_ipv6"]
         return totals
 
     def reset_counters(self) -> None:
@@ -315,6 +475,7 @@ class Program:
 
     def close(self) -> None:
         """Unload: the kernel frees the program once nothing else holds it. Idempotent."""
+        self._filter = None  # its mmaps go with the last program that shares it
         if self._obj != self._ffi.NULL:
             self._lib.bpf_object__close(self._obj)
             self._obj = self._ffi.NULL
@@ -607,6 +768,7 @@ class Marker:
         self._debug = debug
         self._tcx = attach == "tcx" or (attach == "auto" and _kernel_release() >= TCX_KERNEL)
         self._programs: dict[bool, Program] = {}  # by l3
+        self._filter: _FlowFilter | None = None  # the programs' shared presence filter
         self._attachments: dict[str, _Attachment] = {}
         self._count = 0
         self._local: frozenset[bytes] = frozenset()  # packed addresses
@@ -638,6 +800,7 @@ class Marker:
     def _bind_map(self, prog: Program) -> None:
         ffi = self._ffi
         self._fd = prog.map_fd
+        self._filter = prog._filter
         self._pack_key = key_packer(ffi)
         self._value = ffi.new("struct flow_value *")
         self._next = ffi.new("struct flow_key *")
@@ -707,17 +870,28 @@ class Marker:
             self._check_open()
         if not 0 <= label <= 0xFFFFF:
             raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
-        lib, fd, value = self._lib, self._fd, self._value
+        lib, fd, value, filt = self._lib, self._fd, self._value, self._filter
         value.label = label
         for key in self._oriented_keys(flow):
+            # The filter bit goes up before the entry exists, so no packet of the flow is missed.
+            slot = filt.before_insert(key) if filt is not None else 0
             if self._count < self.max_flows:
                 err = lib.bpf_map_update_elem(fd, key, value, lib.BPF_NOEXIST)
                 if err == 0:
                     self._count += 1
+                    if filt is not None:
+                        filt.inserted(slot)
                     continue
                 if err != -errno.EEXIST:
+                    if filt is not None:
+                        filt.not_inserted(slot)
                     raise _errno_error("adding a flow", err)
             err = lib.bpf_map_update_elem(fd, key, value, lib.BPF_EXIST)
+            if filt is not None:
+                if err:
+                    filt.not_inserted(slot)
+                else:
+                    filt.bump()  # a cached copy of the old label is stale now
             if err == -errno.ENOENT:
                 raise MapFullError(f"the flow map is full ({self.max_flows} flows); cannot add {flow}")
             if err:
@@ -733,10 +907,10 @@ class Marker:
             pending.extend((key, label) for key in self._oriented_keys(flow))
         if not pending:
             return 0
-        ffi, lib = self._ffi, self._lib
+        ffi, lib, filt = self._ffi, self._lib, self._filter
         # New keys count against the capacity; find them first.
-        new = sum(1 for key, _ in pending
-                  if lib.bpf_map_lookup_elem(self._fd, key, self._value) == -errno.ENOENT)
+        is_new = [lib.bpf_map_lookup_elem(self._fd, key, self._value) == -errno.ENOENT for key, _ in pending]
+        new = sum(is_new)
         if self._count + new > self.max_flows:
             raise MapFullError(
                 f"the flow map is full: {self._count} of {self.max_flows} flows in use, {new} more asked for"
@@ -746,11 +920,22 @@ class Marker:
         ffi.memmove(keys, b"".join(key for key, _ in pending), ffi.sizeof(keys))
         for i, (_, label) in enumerate(pending):
             values[i].label = label
+        slots = [filt.before_insert(key) for key, _ in pending] if filt is not None else []
         count = ffi.new("uint32_t *", len(pending))
         err = lib.bpf_map_update_batch(self._fd, keys, values, count, ffi.NULL)
+        # On an error, the first count[0] entries were written: those are in the map.
+        done = len(pending) if not err else min(int(count[0]), len(pending))
+        if filt is not None:
+            for i, slot in enumerate(slots):
+                if i < done and is_new[i]:
+                    filt.inserted(slot)
+                elif i >= done:
+                    filt.not_inserted(slot)
+            if new < done:
+                filt.bump()  # some labels were replaced
+        self._count += sum(is_new[:done])
         if err:
             raise _errno_error("adding flows in a batch", err)
-        self._count += new
         return int(count[0])
 
     def remove(self, flow: Flow) -> bool:
@@ -758,11 +943,15 @@ class Marker:
         if self._closed:
             self._check_open()
         removed = False
+        filt = self._filter
         for key in self._oriented_keys(flow):
             err = self._lib.bpf_map_delete_elem(self._fd, key)
             if err == 0:
                 self._count -= 1
                 removed = True
+                if filt is not None:
+                    filt.deleted(key)  # the bit goes down only after the entry is gone
+                    filt.bump()
             elif err != -errno.ENOENT:
                 raise _errno_error("removing a flow", err)
         return removed
@@ -807,9 +996,16 @@ class Marker:
     def clear(self) -> None:
         """Remove every flow."""
         self._check_open()
+        left = 0
         for raw in list(self._keys()):
-            self._lib.bpf_map_delete_elem(self._fd, self._ffi.from_buffer(raw))
+            err = self._lib.bpf_map_delete_elem(self._fd, self._ffi.from_buffer(raw))
+            left += err not in (0, -errno.ENOENT)
         self._count = 0
+        if self._filter is not None:
+            if left:
+                self._filter.bump()  # bits stay for what could not be deleted
+            else:
+                self._filter.reset()
 
     def counters(self) -> dict[str, int]:
         """The classifier's counters, summed over CPUs and over its copies."""
@@ -843,6 +1039,7 @@ class Marker:
         for prog in self._programs.values():
             prog.close()
         self._programs.clear()
+        self._filter = None
         _open_markers.discard(self)
         if errors:
             raise errors[0]
