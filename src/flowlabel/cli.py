@@ -169,11 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands ------------------------------------------------------------------------------------
 
 
-def _load_config(path: str | None) -> Config:
+def _load_config(path: str | None, *, trusted: bool = False) -> Config:
     from .config import ConfigError, load
 
     try:
-        return load(path)
+        return load(path, trusted=trusted)
     except ConfigError as exc:
         raise _Failure(f"configuration: {exc}", 2) from None
 
@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .daemon import Daemon, StartupError
 
-    config = _load_config(args.config)
+    config = _load_config(args.config, trusted=True)
     _setup_logging(args.log_level or config.log_level or "info")
     daemon = Daemon(config)
     try:

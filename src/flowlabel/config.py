@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import stat
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -359,16 +360,27 @@ def parse(document: object) -> Config:
     return config
 
 
-def load(path: str | os.PathLike[str] | None) -> Config:
-    """Read the configuration file at ``path``; None gives :data:`DEFAULT_CONFIG`."""
+def load(path: str | os.PathLike[str] | None, *, trusted: bool = False) -> Config:
+    """Read the configuration file at ``path``; None gives :data:`DEFAULT_CONFIG`.
+
+    ``trusted`` (for the daemon, which acts on the file with its privileges)
+    refuses a file that every user may write.
+    """
     if path is None:
         return parse(DEFAULT_CONFIG)
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             data = f.read()
     except OSError as exc:
         raise ConfigError("", f"cannot read the configuration {name}: {exc.strerror}") from None
+    if trusted and mode & stat.S_IWOTH:
+        raise ConfigError(
+            "",
+            f"{name} is writable by every user (mode {stat.S_IMODE(mode):04o}): anyone could change what "
+            f"the daemon marks and where it writes; refusing it (fix: chmod o-w {name})",
+        )
     try:
         document = json.loads(data)
     except json.JSONDecodeError as exc:

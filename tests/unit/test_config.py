@@ -151,3 +151,14 @@ def test_load_reports_bad_json_with_its_position(tmp_path: Path) -> None:
 def test_load_reports_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read the configuration .*missing\.json"):
         config.load(tmp_path / "missing.json")
+
+
+def test_the_daemon_refuses_a_world_writable_file(tmp_path: Path) -> None:
+    path = tmp_path / "flowlabel.json"
+    path.write_text("{}")
+    path.chmod(0o666)
+    assert config.load(path) == parse({})  # what a client command reads is not acted upon
+    with pytest.raises(ConfigError, match=rf"{path} is writable by every user \(mode 0666\).*chmod o-w {path}"):
+        config.load(path, trusted=True)
+    path.chmod(0o664)
+    assert config.load(path, trusted=True) == parse({})
