@@ -11,6 +11,13 @@ once; a line is taken when its newline arrives (a write of up to ``PIPE_BUF``,
 partial line that sees no more data for :data:`PARTIAL_LINE_TIMEOUT` seconds is
 taken as it is: ``printf 'start ...' > pipe`` works as it does with flowd-go,
 which reads until the writer closes.
+
+Every :data:`PIPE_CHECK_INTERVAL` seconds the source checks that the path
+still names the pipe it reads. A pipe removed from under the daemon (a clean-up
+of ``/var/run``, an operator's ``rm``) is created again with the same mode and
+group, and a named pipe put in its place by someone else is read instead; what
+the old pipe still held is applied first. Anything else at the path is logged
+and left alone.
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ from ..events import EventError, FlowEvent, parse_line
 from ..registry import Registry
 from . import EventSink
 
-__all__ = ["PARTIAL_LINE_TIMEOUT", "LineAssembler", "PipeSource"]
+__all__ = ["PARTIAL_LINE_TIMEOUT", "PIPE_CHECK_INTERVAL", "LineAssembler", "PipeSource"]
 
 log = logging.getLogger(__name__)
 
 SOURCE = "pipe"
 PARTIAL_LINE_TIMEOUT = 1.0
+#: Seconds between checks that the path still names the pipe being read.
+PIPE_CHECK_INTERVAL = 2.0
 # One read per wake-up, about a thousand lines: then the other sources get their turn.
 READ_SIZE = 1 << 16
 # A larger pipe absorbs bursts while the loop is busy; 1 MiB is the default
@@ -131,16 +140,73 @@ class PipeSource:
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._check_timer: asyncio.TimerHandle | None = None
         self._created = False
+        self._misplaced: tuple[int, int] | None = None  # what sits at the path instead, once logged
 
     async def start(self) -> None:
         self._create()
-        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        # The default size works too, only with less slack.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._fd, F_SETPIPE_SZ, PIPE_SIZE)
+        self._fd = self._open()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self._readable)
+        self._check_timer = self._loop.call_later(PIPE_CHECK_INTERVAL, self._check_path)
+
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        # The default size works too, only with less slack.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        return fd
+
+    def _ours(self, st: os.stat_result) -> bool:
+        own = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+    def _check_path(self) -> None:
+        """Keep the path naming the pipe that is read (see the module's description)."""
+        assert self._loop is not None
+        self._check_timer = self._loop.call_later(PIPE_CHECK_INTERVAL, self._check_path)
+        try:
+            st: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            log.warning("cannot check the pipe %s: %s", self.path, exc.strerror)
+            return
+        if st is not None and self._ours(st):
+            self._misplaced = None
+            return
+        try:
+            if st is None:
+                group = os.fstat(self._fd).st_gid
+                self._create()
+                if os.stat(self.path).st_gid != group:
+                    os.chown(self.path, -1, group)
+                log.warning("the pipe %s was removed; created it again (mode %04o)", self.path, self._mode)
+            elif stat.S_ISFIFO(st.st_mode):
+                self._created = False  # someone else's: theirs to remove
+                log.warning("the pipe %s was replaced by another named pipe; reading that one", self.path)
+            else:
+                if self._misplaced != (st.st_dev, st.st_ino):
+                    self._misplaced = (st.st_dev, st.st_ino)
+                    log.error("%s is no longer a named pipe: no events arrive through it until it is "
+                              "removed (the daemon then creates the pipe again)", self.path)
+                return
+            fd = self._open()
+        except OSError as exc:
+            log.error("cannot create the pipe %s again: %s", self.path, exc)
+            return
+        self._switch(fd)
+
+    def _switch(self, fd: int) -> None:
+        """Read from ``fd`` from now on, after applying what the old pipe still holds."""
+        assert self._loop is not None
+        self._loop.remove_reader(self._fd)
+        while self._read():
+            pass
+        os.close(self._fd)
+        self._fd = fd
+        self._loop.add_reader(fd, self._readable)
 
     def _create(self) -> None:
         try:
@@ -155,6 +221,7 @@ class PipeSource:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, mode=0o755, exist_ok=True)
+        # Private until chmod: no writer can open it before its mode is right.
         os.mkfifo(self.path, 0o600)
         self._created = True
         # mkfifo's mode is filtered by the umask; chmod sets it exactly.
@@ -162,6 +229,9 @@ class PipeSource:
 
     async def stop(self) -> None:
         """Stop reading, apply what is buffered, remove the pipe."""
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
@@ -173,12 +243,16 @@ class PipeSource:
             tail = self._assembler.flush()
             if tail:
                 self._handle([tail])
+            try:
+                # Whatever stands at the path now is not ours to remove.
+                ours = self._ours(os.lstat(self.path))
+            except FileNotFoundError:
+                ours = False
             os.close(self._fd)
             self._fd = -1
-        if self._created:
-            with contextlib.suppress(FileNotFoundError):
+            if self._created and ours:
                 os.unlink(self.path)
-            self._created = False
+        self._created = False
 
     def _readable(self) -> None:
         self._read()
