@@ -61,6 +61,8 @@ log = logging.getLogger("flowlabel")
 SAVE_STEP = 100
 #: Seconds between checks that the marked interfaces are still the same devices.
 INTERFACE_CHECK_INTERVAL = 2.0
+#: Seconds between checks that the classifier's map holds every entry the daemon put there.
+MAP_CHECK_INTERVAL = 5.0
 #: Rejected inputs logged per second; beyond that they are counted and summed up in one line.
 REJECT_LOG_LIMIT = 50
 
@@ -258,6 +260,7 @@ class Daemon:
         ebpf = self._ebpf
         if ebpf is not None:
             self._background(lambda: self._watch_interfaces(ebpf), "watching the interfaces")
+            self._background(lambda: self._check_map(ebpf), "checking the flow map")
 
     def _background(self, job: Callable[[], Awaitable[None]], what: str) -> None:
         """Run ``job`` until the daemon stops; restart it, after logging why, if it fails."""
@@ -527,6 +530,15 @@ class Daemon:
         while True:
             await asyncio.sleep(INTERFACE_CHECK_INTERVAL)
             ebpf.check_interfaces()
+
+    async def _check_map(self, ebpf: EbpfBackend) -> None:
+        interval = MAP_CHECK_INTERVAL
+        while True:
+            await asyncio.sleep(interval)
+            began = time.perf_counter()
+            ebpf.check_map()
+            # However large the map, counting it takes at most a hundredth of the time.
+            interval = max(MAP_CHECK_INTERVAL, (time.perf_counter() - began) * 100)
 
     async def _summarise_periodically(self) -> None:
         while True:

@@ -9,10 +9,17 @@ API refuses to run in a thread with a running asyncio loop. Every call into
 the :class:`~flowlabel.marker.Marker` therefore runs in one thread of its
 own, and the loop waits for it: the calls take microseconds, and one thread
 keeps them in order and never concurrent.
+
+The Marker refuses flows beyond ``maxFlows`` and sizes the kernel's LRU map
+with slack above it, so the kernel should never evict an entry. Should it
+happen anyway (an LRU map can evict before it is full, and another program
+may share the map), nothing in the kernel says so: :meth:`EbpfBackend.check_map`
+counts the map's entries and compares them with the Marker's own count.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Iterable, Sequence
@@ -34,6 +41,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Keys read per batch when counting the map's entries.
+COUNT_BATCH = 4096
+
 
 def _ifindex(name: str) -> int | None:
     """The interface's index in this network namespace, or None if there is no such interface."""
@@ -41,6 +51,33 @@ def _ifindex(name: str) -> int | None:
         return socket.if_nametoindex(name)
     except OSError:
         return None
+
+
+def _map_entries(marker: Marker) -> int:
+    """Entries in the marker's flow map, counted with the kernel's batched lookup."""
+    from .._bpf import ffi, lib
+
+    # The Marker's len() is its own bookkeeping; only the map itself can tell what the kernel dropped.
+    fd = marker._fd
+    keys = ffi.new("struct flow_key[]", COUNT_BATCH)
+    values = ffi.new("struct flow_value[]", COUNT_BATCH)
+    # The batch cursor of a hash map is a bucket number; a key's size is room enough for any map type.
+    cursor_in = ffi.new("char[]", ffi.sizeof("struct flow_key"))
+    cursor_out = ffi.new("char[]", ffi.sizeof("struct flow_key"))
+    count = ffi.new("uint32_t *")
+    total = 0
+    first = True
+    while True:
+        count[0] = COUNT_BATCH
+        err = lib.bpf_map_lookup_batch(fd, ffi.NULL if first else cursor_in, cursor_out, keys, values,
+                                       count, ffi.NULL)
+        if err and err != -errno.ENOENT:
+            raise MarkerError(f"counting the flow map's entries failed: {errno.errorcode.get(-err, err)}")
+        total += int(count[0])
+        if err:
+            return total
+        ffi.memmove(cursor_in, cursor_out, ffi.sizeof(cursor_in))
+        first = False
 
 
 class _LoaderThread:
@@ -66,6 +103,11 @@ class EbpfBackend:
         self._marker: Marker | None = None
         self._call = _LoaderThread()
         self.failures = 0
+        #: Map entries found missing that the Marker had put there (evicted by the kernel, or removed
+        #: by someone else).
+        self.evictions = 0
+        self._missing = 0
+        self._surplus_logged = False
         # The interfaces chosen at start, with the index each had when last attached (None: gone).
         self._indexes: dict[str, int | None] = {}
 
@@ -129,6 +171,24 @@ class EbpfBackend:
                     log.info("interface %s is back (index %d): marking on it again", name, index)
             except MarkerError as exc:
                 log.warning("interface %s: %s", name, exc)
+
+    def check_map(self) -> None:
+        """Compare the map's entries with the Marker's count; log and count entries gone missing."""
+        marker = self._marker
+        if marker is None:
+            return
+        entries, expected = self._call(lambda: (_map_entries(marker), len(marker)))
+        missing = expected - entries
+        if missing > self._missing:
+            self.evictions += missing - self._missing
+            log.error("%d entries of the classifier's flow map are gone without the daemon removing them "
+                      "(%d in the map, %d expected): their flows are no longer marked. The map was evicted "
+                      "by the kernel or changed by another program; restart the daemon to mark them again",
+                      missing - self._missing, entries, expected)
+        elif missing < 0 and not self._surplus_logged:
+            self._surplus_logged = True
+            log.warning("the classifier's flow map holds %d entries the daemon did not put there", -missing)
+        self._missing = max(missing, 0)
 
     def apply(self, changes: Iterable[Change]) -> list[Flow]:
         """Write the changes to the map; returns the flows that could not be added."""
@@ -213,4 +273,6 @@ class EbpfBackend:
             ),
             Family.single("flowlabel_map_full_total", "counter",
                           "Flows not marked because the flow map was full", self.failures),
+            Family.single("flowlabel_map_evictions_total", "counter",
+                          "Map entries that disappeared without the daemon removing them", self.evictions),
         ]
