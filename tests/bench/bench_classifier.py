@@ -5,18 +5,31 @@ Usage::
     python tests/bench/bench_classifier.py [--json OUT] [--rounds N] [--repeat N] [--flows N]
                                            [--object PATH] [--cpu N] [--strict]
 
-The marker runs with ``--flows`` entries in its map on three 74-byte frames:
-an IPv6 TCP packet of a known flow (hit), one of an unknown flow (miss) and an
-IPv4 TCP packet (non-IPv6). Each measurement of ``--repeat`` runs is taken
-between two of the empty classifier on the same frame, and the ratio to their
-mean is what the targets bound; the figures are medians over ``--rounds``.
-The "floor" rows run a program that only looks one key up in a map like the
-marker's: what any hit or miss costs before parsing.
+The marker runs with ``--flows`` entries in its map on 74-byte frames:
+
+- hit: an IPv6 TCP packet of a known flow, repeated, so after the first run
+  the per-CPU cache answers (a train of one flow's packets);
+- hit_cold_cache: the same with a marker built with
+  ``-DFLOWLABEL_BENCH_COLD_CACHE=1``, whose cache never matches: every packet
+  takes the filter, the cache check, the map lookup and the cache refill, as
+  when flows interleave packet by packet on one CPU (BPF_PROG_TEST_RUN repeats
+  one packet, so this build is the honest way to time that path);
+- miss: an unknown flow whose filter bit is clear (no map lookup);
+- miss_filter_set: an unknown flow whose filter slot is shared with a known
+  flow, so the filter lets it through to the lookup;
+- non_ipv6: an IPv4 TCP packet.
+
+Each measurement of ``--repeat`` runs is taken between two of the empty
+classifier on the same frame, and the ratio to their mean is what the targets
+bound; the figures are medians over ``--rounds``. The "floor" rows run a
+program that only looks one key up in a map like the marker's: what a hit or a
+miss would cost with a lookup before parsing.
 
 bpf/baseline.bpf.c holds the empty and the lookup-only programs; it is taken
 compiled from beside the installed marker.bpf.o if the build put it there,
 otherwise compiled with clang from the checkout (with libbpf's headers from
-the system or from the build's dependency cache). Needs root. With
+the system or from the build's dependency cache). The cold-cache marker is
+always compiled from the checkout's bpf/marker.bpf.c. Needs root. With
 ``--strict`` the exit status is 1 if a ratio misses its target.
 """
 
@@ -46,18 +59,35 @@ from flowlabel.marker import Program, bundled_object  # noqa: E402
 
 #: Marker time per packet, as a multiple of the empty classifier's.
 TARGETS = {"hit": 2.3, "miss": 2.0, "non_ipv6": 1.1}
+CASES = ("hit", "hit_cold_cache", "miss", "miss_filter_set", "non_ipv6", "floor_hit", "floor_miss")
 
 SRC = packets.addr("2001:db8:10::1")
 DST = packets.addr("2001:db8:20::2")
 SPORT, DPORT = 40312, 5001
 
 
-def frames() -> dict[str, bytes]:
-    hit = packets.ethernet(packets.ipv6(SRC, DST, packets.IPPROTO_TCP, packets.tcp(SPORT, DPORT)))
-    miss = packets.ethernet(packets.ipv6(SRC, DST, packets.IPPROTO_TCP, packets.tcp(SPORT, DPORT + 1)))
+def tcp_frame(dport: int) -> bytes:
+    return packets.ethernet(packets.ipv6(SRC, DST, packets.IPPROTO_TCP, packets.tcp(SPORT, dport)))
+
+
+def unknown_port(program: Program, filter_set: bool) -> int:
+    """A destination port of no flow in the map whose filter bit is set (or clear)."""
+    for dport in range(DPORT + 1, 1 << 16):
+        key = program.key(packets.IPPROTO_TCP, SRC, DST, SPORT, dport)
+        if program.get_label(key) is None and program.filter_has(program.filter_slot(key)) == filter_set:
+            return dport
+    raise SystemExit(f"no port with the filter bit {'set' if filter_set else 'clear'}; change --flows")
+
+
+def frames(program: Program) -> dict[str, bytes]:
     v4 = packets.ipv4(bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), packets.IPPROTO_TCP,
                       packets.tcp(SPORT, DPORT, bytes(20)))
-    out = {"hit": hit, "miss": miss, "non_ipv6": packets.ethernet(v4, packets.ETH_P_IP)}
+    out = {
+        "hit": tcp_frame(DPORT),
+        "miss": tcp_frame(unknown_port(program, False)),
+        "miss_filter_set": tcp_frame(unknown_port(program, True)),
+        "non_ipv6": packets.ethernet(v4, packets.ETH_P_IP),
+    }
     assert {len(f) for f in out.values()} == {74}
     return out
 
@@ -83,21 +113,27 @@ def libbpf_includes() -> list[str]:
                      "(apt-get install libbpf-dev, or build the wheel once to fill the deps cache)")
 
 
-def baseline_object(marker: Path, workdir: Path) -> Path:
-    """baseline.bpf.o from beside the marker object, or compiled from the checkout."""
-    installed = marker.with_name("baseline.bpf.o")
-    if installed.is_file():
-        return installed
-    source = ROOT / "bpf" / "baseline.bpf.c"
+def compile_bpf(name: str, workdir: Path, *defines: str) -> Path:
+    """bpf/NAME.bpf.c of the checkout, compiled with clang as the build does."""
+    source = ROOT / "bpf" / f"{name}.bpf.c"
     if not source.is_file():
-        raise SystemExit(f"no baseline.bpf.o beside {marker} and no {source} to compile")
-    out = workdir / "baseline.bpf.o"
-    cmd = [find_clang(), "-target", "bpf", "-g", "-O2", "-Wall", "-I", str(ROOT / "bpf"), *libbpf_includes()]
+        raise SystemExit(f"no {source} to compile")
+    out = workdir / f"{name}.bpf.o"
+    cmd = [find_clang(), "-target", "bpf", "-g", "-O2", "-Wall", "-I", str(ROOT / "bpf"), *libbpf_includes(),
+           *(f"-D{d}" for d in defines)]
     multiarch = Path(f"/usr/include/{platform.machine()}-linux-gnu")
     if (multiarch / "asm").is_dir():
         cmd += ["-idirafter", str(multiarch)]
     subprocess.run([*cmd, "-c", str(source), "-o", str(out)], check=True)
     return out
+
+
+def baseline_object(marker: Path, workdir: Path) -> Path:
+    """baseline.bpf.o from beside the marker object, or compiled from the checkout."""
+    installed = marker.with_name("baseline.bpf.o")
+    if installed.is_file():
+        return installed
+    return compile_bpf("baseline", workdir)
 
 
 def fill(program: Program, count: int, rng: random.Random) -> None:
@@ -148,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--object", type=Path, help="marker object (default: the installed one)")
     parser.add_argument("--cpu", type=int, help="CPU to run on (default: the last one allowed)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-cache build (needs clang)")
     args = parser.parse_args(argv)
     if args.repeat < 1_000_000:
         print(f"note: --repeat {args.repeat} is below the 1,000,000 the targets assume")
@@ -155,34 +192,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     marker_path = args.object or bundled_object()
-    test_frames = frames()
-    rng = random.Random(4)
 
     with tempfile.TemporaryDirectory() as tmp:
         yardsticks = baseline_object(marker_path, Path(tmp))
+        cold_path = None if args.no_cold else compile_bpf("marker", Path(tmp), "FLOWLABEL_BENCH_COLD_CACHE=1")
         with Program(marker_path) as marker, \
+                Program(cold_path or marker_path) as cold, \
                 Program(yardsticks, program="baseline_egress") as empty, \
                 Program(yardsticks, program="lookup_egress") as lookup:
-            fill(marker, args.flows, rng)
-            fill(lookup, args.flows, rng)
+            for program in (marker, cold, lookup):
+                fill(program, args.flows, random.Random(4))  # the same flows in each
+            test_frames = frames(marker)
             floor_key = lookup.key(packets.IPPROTO_TCP, bytes(16), bytes(16), 0, 0)
-            for program in (marker, empty, lookup):  # warm caches and the JIT image
+            for program in (marker, cold, empty, lookup):  # warm caches and the JIT image
                 for frame in test_frames.values():
                     program.test_run(frame, 1000)
 
-            samples: dict[str, list[Sample]] = {name: [] for name in test_frames}
-            samples["floor_hit"], samples["floor_miss"], empty_ns = [], [], []
+            samples: dict[str, list[Sample]] = {name: [] for name in CASES}
+            empty_ns = []
             for _ in range(args.rounds):
                 for name, frame in test_frames.items():
                     samples[name].append(measure(marker, empty, frame, args.repeat))
+                    if name == "hit" and cold_path is not None:
+                        samples["hit_cold_cache"].append(measure(cold, empty, frame, args.repeat))
                 lookup.set_label(floor_key, 1)
                 samples["floor_hit"].append(measure(lookup, empty, test_frames["hit"], args.repeat))
                 lookup.delete(floor_key)
                 samples["floor_miss"].append(measure(lookup, empty, test_frames["miss"], args.repeat))
                 empty_ns.append(empty.test_run(test_frames["hit"], args.repeat).duration_ns)
             info = marker.info()
+            cold_info = cold.info()
+            filter_bits = marker.filter_bits
 
-    results = {name: summary(s) for name, s in samples.items()}
+    results = {name: summary(s) for name, s in samples.items() if s}
     for name, target in TARGETS.items():
         results[name]["target"] = target
         results[name]["met"] = results[name]["ratio"] <= target
@@ -191,14 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"kernel {platform.release()}")
     print(f"empty classifier: {statistics.median(empty_ns)} ns/packet")
     print(f"marker: {info.jited_bytes} bytes JIT, {info.xlated_bytes} bytes xlated, "
-          f"{info.verified_insns} instructions verified")
-    print(f"{'case':<11} {'ns/pkt':>7} {'ratio':>7} {'range':>12} {'wall':>7} {'target':>8}")
+          f"{info.verified_insns} instructions verified; filter {filter_bits} bits")
+    if cold_path is not None:
+        print(f"cold-cache build: {cold_info.jited_bytes} bytes JIT, {cold_info.verified_insns} instructions "
+              "verified (compiled from the checkout)")
+    print(f"{'case':<16} {'ns/pkt':>7} {'ratio':>7} {'range':>12} {'wall':>7} {'target':>8}")
     for name, r in results.items():
         spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}x"
-        verdict = f"{r['target']:>7.2f}x {'ok' if r['met'] else 'MISSED'}" if "target" in r else ""
-        print(f"{name:<11} {r['ns']:>7} {r['ratio']:>6.2f}x {spread:>12} {r['wall_ratio']:>6.2f}x {verdict}")
+        verdict = f"{r['target']:>7.2f}x {'PASS' if r['met'] else 'MISS'}" if "target" in r else ""
+        print(f"{name:<16} {r['ns']:>7} {r['ratio']:>6.2f}x {spread:>12} {r['wall_ratio']:>6.2f}x {verdict}")
     print("ratio: kernel figures (whole ns); wall: the same from wall-clock time")
-    print("floor_*: one map lookup and nothing else (what the targets leave for parsing)")
+    print("hit: the per-CPU cache answers; hit_cold_cache: filter, cache check, lookup, refill per packet")
+    print("miss: the filter rules the flow out; miss_filter_set: the filter lets it through to the lookup")
+    print("floor_*: one map lookup and nothing else")
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "object": str(marker_path),
             "empty_ns": statistics.median(empty_ns),
             "program": info._asdict(),
+            "cold_cache_program": cold_info._asdict() if cold_path is not None else None,
+            "filter_bits": filter_bits,
             "results": results,
         }, indent=2) + "\n")
     missed = [name for name in TARGETS if not results[name]["met"]]
