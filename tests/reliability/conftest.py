@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,25 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(_FIGURES, indent=2))
+
+
+# The end-to-end helpers (the daemon as a subprocess in a namespace) are shared with tests/e2e.
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Any]]:
+    """Daemons a test started; any still running afterwards are killed."""
+    started: list[Any] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def namespace() -> Iterator[Any]:
+    """A network namespace of its own with loopback up, deleted after the test."""
+    from support.netns import Namespace
+
+    with Namespace() as ns:
+        yield ns
