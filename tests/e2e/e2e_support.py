@@ -48,7 +48,14 @@ class Pair:
 
     def recreate_link(self) -> None:
         """Delete the veth pair and make it again under the same names (new devices)."""
+        self.delete_link()
+        self.add_link()
+
+    def delete_link(self) -> None:
         self.a.ip("link", "del", self.if_a)
+
+    def add_link(self) -> None:
+        """The veth pair again under its old names, after :meth:`delete_link`."""
         sh("ip", "link", "add", self.if_a, "netns", self.a.name, "type", "veth",
            "peer", "name", self.if_b, "netns", self.b.name)
         for ns, name, addr in ((self.a, self.if_a, A), (self.b, self.if_b, B)):
