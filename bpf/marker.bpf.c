@@ -370,9 +370,12 @@ static __always_inline int filter_passes(const struct flow_key *key)
  * generation moves: user space changes or removes an entry first and bumps
  * the generation after. The cache stores the generation read before its
  * lookup, so a lookup that could still see the old entry stored an older
- * generation than the bump, and the next packet looks up again. (x86 keeps
- * the two loads in order; the kernel runs tc programs with migration and
- * bottom halves off, so nothing else on this CPU writes the entry meanwhile.)
+ * generation than the bump, and the next packet looks up again. This needs
+ * the generation load to happen before the lookup's loads: x86 keeps loads in
+ * order; on weakly ordered CPUs BPF has no cheap way to demand it (only
+ * atomics, which would bounce the generation's cache line between CPUs).
+ * The kernel runs tc programs with migration and bottom halves off, so
+ * nothing else on this CPU writes the entry meanwhile.
  */
 static __always_inline int flow_label(union flow_key_words *kw, __u32 *label)
 {

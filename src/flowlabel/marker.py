@@ -51,7 +51,7 @@ def _extension() -> tuple[Any, Any]:
             f"the flow-label marker needs Linux with eBPF; this is {sys.platform}"
         )
     try:
-        from . import _bpf  # type: ignore[attr-defined]
+        from . import _bpf  # type: ignore[attr-defined,unused-ignore]
     except ImportError as exc:
         raise NotSupportedError(
             f"the flowlabel._bpf extension is missing ({exc}); install flowlabel from its wheel"
@@ -154,7 +154,7 @@ class _FlowFilter:
 
     def before_insert(self, key: bytes) -> int:
         """Set the key's bit (before the map entry exists); returns its slot."""
-        slot = self.slot(key)
+        slot: int = self._hash(key) & self._mask
         if not self._counts[slot]:
             self._map[slot >> 3] |= 1 << (slot & 7)
         return slot
@@ -171,7 +171,7 @@ class _FlowFilter:
 
     def deleted(self, key: bytes) -> None:
         """A map entry of ``key`` is gone: clear its bit if it was the slot's last."""
-        slot = self.slot(key)
+        slot: int = self._hash(key) & self._mask
         count = self._counts[slot]
         if count == 1:
             self._counts[slot] = 0
