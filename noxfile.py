@@ -48,11 +48,11 @@ def install_wheel(session: nox.Session) -> Path:
 
 @nox.session
 def deps(session: nox.Session) -> None:
-    """Build (or find cached) static libbpf, libelf and zlib; args: architectures to build for."""
+    """Build static libbpf, libelf and zlib into build/deps/ for cibuildwheel; args: architectures."""
     session.install("ziglang>=0.13")
     for arch in session.posargs or [platform.machine()]:
-        session.run("bash", str(ROOT / "csrc" / "deps" / "build.sh"), env={"FLOWLABEL_ARCH": arch},
-                    external=True)
+        session.run("bash", str(ROOT / "csrc" / "deps" / "build.sh"), external=True,
+                    env={"FLOWLABEL_ARCH": arch, "FLOWLABEL_DEPS_CACHE": str(ROOT / "build" / "deps")})
 
 
 @nox.session
