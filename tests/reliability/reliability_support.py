@@ -173,3 +173,12 @@ def events_by_outcome(metrics: dict[str, float], source: str) -> dict[str, int]:
     """The daemon's event counts of one source, by outcome."""
     prefix = f'flowlabel_events_total{{source="{source}",outcome="'
     return {name[len(prefix) : -2]: int(value) for name, value in metrics.items() if name.startswith(prefix)}
+
+
+def udp_drops(pid: int, port: int) -> int:
+    """The kernel's drop counter of the UDP socket bound to ``port`` in ``pid``'s namespace."""
+    for row in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            return int(fields[-1])
+    raise AssertionError(f"no UDP socket on port {port}")

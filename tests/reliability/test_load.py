@@ -19,6 +19,7 @@ from reliability_support import (
     events_by_outcome,
     flow_line,
     loopback_daemon,
+    udp_drops,
     wait_until,
     write_lines,
 )
@@ -133,15 +134,6 @@ def send_fireflies(sender: int, ns: Any, count: int, rate: float | None) -> None
                 while time.perf_counter() < began + n * period:
                     time.sleep(period / 4)
             s.sendto(datagram, ("127.0.0.1", FIREFLY_PORT))
-
-
-def udp_drops(pid: int, port: int) -> int:
-    """The kernel's drop counter of the UDP socket bound to ``port`` in ``pid``'s namespace."""
-    for row in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
-        fields = row.split()
-        if int(fields[1].split(":")[1], 16) == port:
-            return int(fields[-1])
-    raise AssertionError(f"no UDP socket on port {port}")
 
 
 @pytest.mark.parametrize("run", list(FIREFLY_RUNS))
