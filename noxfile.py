@@ -99,3 +99,13 @@ def bench(session: nox.Session) -> None:
             continue
         session.run("python", str(script), "--json", str(out / f"{script.stem}.json"),
                     env={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests")])})
+
+
+@nox.session
+def stress(session: nox.Session) -> None:
+    """The reliability group at full size; figures in build/reliability.json."""
+    wheel = install_wheel(session)
+    session.install(*TEST_DEPS)
+    env = {"FLOWLABEL_WHEEL": str(wheel), "FLOWLABEL_STRESS": "1",
+           "FLOWLABEL_RELIABILITY_JSON": str(ROOT / "build" / "reliability.json")}
+    session.run("pytest", *(session.posargs or ["tests/reliability"]), env=env)

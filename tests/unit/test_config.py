@@ -158,7 +158,8 @@ def test_the_daemon_refuses_a_world_writable_file(tmp_path: Path) -> None:
     path.write_text("{}")
     path.chmod(0o666)
     assert config.load(path) == parse({})  # what a client command reads is not acted upon
-    with pytest.raises(ConfigError, match=rf"{path} is writable by every user \(mode 0666\).*chmod o-w {path}"):
+    refused = rf"{path} is writable by every user \(mode 0666\).*chmod o-w {path}"
+    with pytest.raises(ConfigError, match=refused):
         config.load(path, trusted=True)
     path.chmod(0o664)
     assert config.load(path, trusted=True) == parse({})
