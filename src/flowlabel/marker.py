@@ -566,13 +566,15 @@ class _NetnsHome:
         if os.stat("/proc/thread-self/ns/net").st_ino == self.inode:
             yield
             return
+        from .netif import enter_netns
+
         current = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(self.fd)
+            enter_netns(self.fd)
             try:
                 yield
             finally:
-                _setns(current)
+                enter_netns(current)
         finally:
             os.close(current)
 
@@ -581,18 +583,6 @@ class _NetnsHome:
             os.close(self.fd)
             self.fd = -1
 
-
-def _setns(fd: int) -> None:
-    clone_newnet = 0x40000000
-    if hasattr(os, "setns"):
-        os.setns(fd, clone_newnet)
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, clone_newnet) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 class _InterfaceLock:
@@ -687,6 +677,8 @@ class _Attachment:
 
     def detach(self) -> None:
         """Leave the interface as it was found. Safe to call twice; a vanished interface is fine."""
+        from .netif import clsact_has_filters
+
         try:
             if self._link != self._ffi.NULL:
                 self._lib.bpf_link__destroy(self._link)
@@ -696,7 +688,7 @@ class _Attachment:
                 err = self._lib.fl_tc_detach(self.ifindex, TC_HANDLE, TC_PRIORITY)
                 if err and abs(err) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
                     raise _errno_error(f"detaching from {self.name!r}", err)
-                if self.created_qdisc and self._remove_qdisc and not _has_filters(self.ifindex):
+                if self.created_qdisc and self._remove_qdisc and not clsact_has_filters(self.ifindex):
                     self._lib.fl_tc_hook_destroy(self.ifindex)
         finally:
             self._lock.release()
@@ -716,20 +708,6 @@ def tcx_program_names(ifindex: int) -> list[str]:
         if lib.fl_prog_name(ids[i], name, 64) == 0:
             names.append(ffi.string(name).decode())
     return names
-
-
-def _has_filters(ifindex: int) -> bool:
-    """Whether any filter sits on the interface's clsact hooks (someone else's, after our detach)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        for parent in (0xFFFFFFF2, 0xFFFFFFF3):  # clsact ingress, egress
-            try:
-                if ipr.get_filters(index=ifindex, parent=parent):
-                    return True
-            except Exception:
-                continue
-    return False
 
 
 class Marker:

@@ -1,15 +1,21 @@
 """What the host's network interfaces look like, read over netlink (pyroute2).
 
-Everything here reads the network namespace the process is in; pyroute2 is
-imported on first use so that commands that never touch interfaces start fast.
+Everything here reads the network namespace the calling thread is in; pyroute2
+is imported on first use so that commands that never touch interfaces start
+fast. pyroute2's synchronous API runs an event loop of its own and refuses to
+run inside one, so from a thread with a running asyncio loop (the daemon's)
+each query runs in a short-lived thread of the same network namespace.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
+import os
 import socket
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+import threading
+from typing import Any, Callable, NamedTuple, TypeVar
 
 from .errors import InterfaceError
 
@@ -27,6 +33,7 @@ L3_LINK_TYPES = {
 
 AF_INET6 = socket.AF_INET6
 RT_SCOPE_UNIVERSE = 0
+T = TypeVar("T")
 
 
 class Link(NamedTuple):
@@ -46,10 +53,58 @@ def _iproute() -> Any:
     return IPRoute()
 
 
+def _outside_event_loop(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` in a helper thread when the caller's thread runs an asyncio loop."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        result: list[T] = []
+        error: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                enter_netns(netns)  # a new thread starts in the process's namespace, not the caller's
+                result.append(fn(*args, **kwargs))
+            except BaseException as exc:
+                error.append(exc)
+
+        try:
+            thread = threading.Thread(target=work, name="flowlabel-netlink")
+            thread.start()
+            thread.join()
+        finally:
+            os.close(netns)
+        if error:
+            raise error[0]
+        return result[0]
+
+    return wrapper
+
+
+def enter_netns(fd: int) -> None:
+    """Move the calling thread into the network namespace ``fd`` refers to."""
+    clone_newnet = 0x40000000
+    if hasattr(os, "setns"):
+        os.setns(fd, clone_newnet)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, clone_newnet) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name)
 
 
+@_outside_event_loop
 def link(name: str) -> Link:
     """The interface called ``name``; InterfaceError if there is none."""
     with _iproute() as ipr:
@@ -60,12 +115,14 @@ def link(name: str) -> Link:
     return Link(name, int(msg["index"]), int(msg["ifi_type"]))
 
 
-def links() -> Iterator[Link]:
+@_outside_event_loop
+def links() -> list[Link]:
     with _iproute() as ipr:
-        for msg in ipr.get_links():
-            yield Link(_attr(msg, "IFLA_IFNAME"), int(msg["index"]), int(msg["ifi_type"]))
+        return [Link(_attr(msg, "IFLA_IFNAME"), int(msg["index"]), int(msg["ifi_type"]))
+                for msg in ipr.get_links()]
 
 
+@_outside_event_loop
 def local_addresses() -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Every address assigned to an interface of this namespace."""
     with _iproute() as ipr:
@@ -73,6 +130,7 @@ def local_addresses() -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address
                          for msg in ipr.get_addr() if _attr(msg, "IFA_ADDRESS"))
 
 
+@_outside_event_loop
 def discover_interfaces() -> list[str]:
     """Interfaces that carry IPv6 traffic off the host.
 
@@ -87,3 +145,16 @@ def discover_interfaces() -> list[str]:
             if oif:
                 chosen.add(int(oif))
     return sorted(names[i] for i in chosen if i in names and names[i] != "lo")
+
+
+@_outside_event_loop
+def clsact_has_filters(ifindex: int) -> bool:
+    """Whether any filter sits on the interface's clsact hooks (ingress or egress)."""
+    with _iproute() as ipr:
+        for parent in (0xFFFFFFF2, 0xFFFFFFF3):  # TC_H_MIN_INGRESS, TC_H_MIN_EGRESS under clsact
+            try:
+                if ipr.get_filters(index=ifindex, parent=parent):
+                    return True
+            except Exception:  # no such hook, or the interface is gone
+                continue
+    return False

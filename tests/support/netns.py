@@ -9,7 +9,6 @@ created in).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import json
 import os
@@ -21,7 +20,8 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-CLONE_NEWNET = 0x40000000
+from flowlabel.netif import enter_netns
+
 ETH_P_ALL = 0x0003
 ETH_P_IPV6 = 0x86DD
 _counter = itertools.count()
@@ -34,16 +34,6 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def unique(prefix: str) -> str:
     """A name unique to this process and call, short enough for an interface."""
     return f"{prefix}{os.getpid() % 10000}{next(_counter)}"
-
-
-def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):
-        os.setns(fd, CLONE_NEWNET)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 class Namespace:
@@ -70,10 +60,10 @@ class Namespace:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
         try:
-            _setns(target)
+            enter_netns(target)
             yield
         finally:
-            _setns(home)
+            enter_netns(home)
             os.close(target)
             os.close(home)
 
