@@ -141,6 +141,9 @@ CC
 chmod +x "$work/cc"
 export CC="$work/cc" AR="$zig ar" RANLIB="$zig ranlib"
 export CFLAGS="-O2 -fPIC -fno-sanitize=undefined"
+# Cross builds: autoconf must not try to run what it compiles.
+cross=()
+[ "$arch" = "$(uname -m)" ] || cross=(--host="$arch-linux-gnu")
 
 fetch() {  # fetch PACKAGE SUITE -> prints the extracted source directory
     (cd "$work" && apt-get "${apt_opts[@]}" source "$1/$2" >"$work/$1.fetch.log" 2>&1) \
@@ -166,7 +169,7 @@ src=$(fetch zlib "$ZLIB_SUITE")
 log "libelf (elfutils $v_elfutils)"
 src=$(fetch elfutils "$ELFUTILS_SUITE")
 (cd "$src" \
-    && run_logged elfutils-configure ./configure --disable-debuginfod --disable-libdebuginfod \
+    && run_logged elfutils-configure ./configure "${cross[@]}" --disable-debuginfod --disable-libdebuginfod \
         --disable-nls --without-bzlib --without-lzma --without-zstd --disable-werror \
         CPPFLAGS="-I$prefix/include" LDFLAGS="-L$prefix/lib" \
     && run_logged elfutils-lib make -j"$(nproc)" -C lib \
