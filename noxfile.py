@@ -89,16 +89,21 @@ def run(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: print figures and write them to build/bench/*.json."""
+    """Benchmarks: print figures with PASS/MISS against the targets, write build/bench/*.json.
+
+    Pass ``-- --strict`` to fail the session when a target is missed; names select benchmarks.
+    """
     install_wheel(session)
     session.install(*TEST_DEPS)
     out = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
+    flags = [arg for arg in session.posargs if arg.startswith("--")]
+    names = [arg for arg in session.posargs if not arg.startswith("--")]
     for script in BENCHES:
-        if session.posargs and not any(arg in script.name for arg in session.posargs):
+        if names and not any(name in script.name for name in names):
             continue
-        session.run("python", str(script), "--json", str(out / f"{script.stem}.json"),
-                    env={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests")])})
+        session.run("python", str(script), "--json", str(out / f"{script.stem}.json"), *flags,
+                    env={"PYTHONPATH": str(ROOT / "tests")})
 
 
 @nox.session

@@ -36,6 +36,7 @@ def rate(fn, items) -> float:  # type: ignore[no-untyped-def]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", metavar="OUT")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     figures: dict[str, float] = {}
     with Namespace() as ns, ns.entered():
@@ -80,7 +81,9 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
-    return 0
+    met = figures["single_add_per_s"] >= TARGET_UPDATES and all(
+        figures[f"open_load_attach_ms_{mode}"] <= TARGET_ATTACH_MS for mode in ("tcx", "tc"))
+    return 1 if args.strict and not met else 0
 
 
 if __name__ == "__main__":
