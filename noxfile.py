@@ -6,7 +6,6 @@ never the source tree, so tests see exactly what users get.
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
