@@ -967,6 +967,33 @@ class Marker:
                 continue  # removed meanwhile
             yield _flow_of(key), int(self._value.label)
 
+    def map_entries(self) -> int:
+        """Entries the kernel's flow map holds, counted with batched lookups.
+
+        ``len()`` is the Marker's own bookkeeping; only the map can tell whether
+        something else (an eviction, another program) took entries away.
+        """
+        self._check_open()
+        ffi, lib = self._ffi, self._lib
+        batch = 4096
+        keys = ffi.new("struct flow_key[]", batch)
+        values = ffi.new("struct flow_value[]", batch)
+        # A hash map's batch cursor is a bucket number; a key's size is room enough.
+        cursor_in = ffi.new("char[]", ffi.sizeof("struct flow_key"))
+        cursor_out = ffi.new("char[]", ffi.sizeof("struct flow_key"))
+        count = ffi.new("uint32_t *")
+        total, start = 0, ffi.NULL
+        while True:
+            count[0] = batch
+            err = lib.bpf_map_lookup_batch(self._fd, start, cursor_out, keys, values, count, ffi.NULL)
+            if err and err != -errno.ENOENT:
+                raise _errno_error("counting the flow map's entries", err)
+            total += int(count[0])
+            if err:
+                return total
+            ffi.memmove(cursor_in, cursor_out, ffi.sizeof(cursor_in))
+            start = cursor_in
+
     def __len__(self) -> int:
         """Map entries in use (a flow inserted both ways counts twice)."""
         return self._count

@@ -68,7 +68,10 @@ def _outside_event_loop(fn: Callable[..., T]) -> Callable[..., T]:
 
         def work() -> None:
             try:
-                enter_netns(netns)  # a new thread starts in the process's namespace, not the caller's
+                # A new thread starts in the process's namespace, which may not be the
+                # caller's; only then move it (setns needs CAP_SYS_ADMIN).
+                if os.stat("/proc/thread-self/ns/net").st_ino != os.fstat(netns).st_ino:
+                    enter_netns(netns)
                 result.append(fn(*args, **kwargs))
             except BaseException as exc:
                 error.append(exc)

@@ -31,7 +31,7 @@ RUN_SECONDS = 2.0 if STRESS else 0.5
 # Noise on a shared machine is larger than the classifier's cost; more pairs
 # are run only while the median says otherwise.
 PAIRS_PER_ROUND = 7
-MAX_ROUNDS = 3
+MAX_ROUNDS = 5
 MIN_RATIO = 0.99
 
 

@@ -4,11 +4,9 @@ A batch of changes becomes, per flow, its final state in the batch (a label,
 or gone), so a start and an end of the same flow in one read cancel out and
 every new label goes into the map with one batched update.
 
-The loader looks up interfaces and addresses with pyroute2, whose synchronous
-API refuses to run in a thread with a running asyncio loop. Every call into
-the :class:`~flowlabel.marker.Marker` therefore runs in one thread of its
-own, and the loop waits for it: the calls take microseconds, and one thread
-keeps them in order and never concurrent.
+Every call into the :class:`~flowlabel.marker.Marker` runs on the event
+loop: map updates take microseconds, and the rare netlink queries (attaching,
+re-reading the host's addresses) take care of pyroute2's own event loop.
 
 The Marker refuses flows beyond ``maxFlows`` and sizes the kernel's LRU map
 with slack above it, so the kernel should never evict an entry. Should it
@@ -19,12 +17,10 @@ counts the map's entries and compares them with the Marker's own count.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING
 
 from ..config import Ebpf
 from ..errors import InterfaceError, MapFullError, MarkerError
@@ -39,10 +35,6 @@ __all__ = ["EbpfBackend"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-#: Keys read per batch when counting the map's entries.
-COUNT_BATCH = 4096
 
 
 def _ifindex(name: str) -> int | None:
@@ -53,46 +45,6 @@ def _ifindex(name: str) -> int | None:
         return None
 
 
-def _map_entries(marker: Marker) -> int:
-    """Entries in the marker's flow map, counted with the kernel's batched lookup."""
-    from .._bpf import ffi, lib
-
-    # The Marker's len() is its own bookkeeping; only the map itself can tell what the kernel dropped.
-    fd = marker._fd
-    keys = ffi.new("struct flow_key[]", COUNT_BATCH)
-    values = ffi.new("struct flow_value[]", COUNT_BATCH)
-    # The batch cursor of a hash map is a bucket number; a key's size is room enough for any map type.
-    cursor_in = ffi.new("char[]", ffi.sizeof("struct flow_key"))
-    cursor_out = ffi.new("char[]", ffi.sizeof("struct flow_key"))
-    count = ffi.new("uint32_t *")
-    total = 0
-    first = True
-    while True:
-        count[0] = COUNT_BATCH
-        err = lib.bpf_map_lookup_batch(fd, ffi.NULL if first else cursor_in, cursor_out, keys, values,
-                                       count, ffi.NULL)
-        if err and err != -errno.ENOENT:
-            raise MarkerError(f"counting the flow map's entries failed: {errno.errorcode.get(-err, err)}")
-        total += int(count[0])
-        if err:
-            return total
-        ffi.memmove(cursor_in, cursor_out, ffi.sizeof(cursor_in))
-        first = False
-
-
-class _LoaderThread:
-    """Runs calls one at a time in a thread of its own and waits for their result."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowlabel-loader")
-
-    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._pool.submit(fn, *args, **kwargs).result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
 class EbpfBackend:
     """Marks the flows of the table on the configured (or discovered) interfaces."""
 
@@ -101,7 +53,6 @@ class EbpfBackend:
     def __init__(self, config: Ebpf) -> None:
         self.config = config
         self._marker: Marker | None = None
-        self._call = _LoaderThread()
         self.failures = 0
         #: Map entries found missing that the Marker had put there (evicted by the kernel, or removed
         #: by someone else).
@@ -123,7 +74,7 @@ class EbpfBackend:
         if self.config.discover_interfaces:
             from ..netif import discover_interfaces
 
-            found = self._call(discover_interfaces)
+            found = discover_interfaces()
             log.info("interfaces with a global IPv6 address or the IPv6 default route: %s",
                      ", ".join(found) or "none")
             names = list(dict.fromkeys(names + found))
@@ -139,8 +90,7 @@ class EbpfBackend:
 
         cfg = self.config
         targets = self._target_interfaces()
-        self._marker = self._call(
-            Marker,
+        self._marker = Marker(
             targets,
             attach=cfg.attach_mode,
             remove_qdisc=cfg.remove_qdisc,
@@ -165,9 +115,9 @@ class EbpfBackend:
                 if index is None:
                     log.warning("interface %s is gone; marking on it resumes when it is back", name)
                     if name in marker.interfaces:
-                        self._call(marker.detach, name)
+                        marker.detach(name)
                 else:
-                    self._call(marker.attach, name)
+                    marker.attach(name)
                     log.info("interface %s is back (index %d): marking on it again", name, index)
             except MarkerError as exc:
                 log.warning("interface %s: %s", name, exc)
@@ -177,7 +127,7 @@ class EbpfBackend:
         marker = self._marker
         if marker is None:
             return
-        entries, expected = self._call(lambda: (_map_entries(marker), len(marker)))
+        entries, expected = marker.map_entries(), len(marker)
         missing = expected - entries
         if missing > self._missing:
             self.evictions += missing - self._missing
@@ -202,7 +152,7 @@ class EbpfBackend:
             raise MarkerError("the eBPF backend is not started")
         removes = [flow for flow, label in final.items() if label is None]
         if removes:
-            self._call(self._remove, removes)
+            self._remove(removes)
         return self._add([(flow, label) for flow, label in final.items() if label is not None])
 
     def _remove(self, flows: list[Flow]) -> None:
@@ -213,14 +163,14 @@ class EbpfBackend:
     def _add(self, items: list[tuple[Flow, int]]) -> list[Flow]:
         if not items or self._marker is None:
             return []
-        failed = self._call(self._add_in_thread, self._marker, items)
+        failed = self._add_or_report(self._marker, items)
         for _, exc in failed:
             log.warning("not marked: %s", exc)
         self.failures += len(failed)
         return [flow for flow, _ in failed]
 
     @staticmethod
-    def _add_in_thread(marker: Marker, items: list[tuple[Flow, int]]) -> list[tuple[Flow, MapFullError]]:
+    def _add_or_report(marker: Marker, items: list[tuple[Flow, int]]) -> list[tuple[Flow, MapFullError]]:
         try:
             marker.add_many(items)
             return []
@@ -237,19 +187,16 @@ class EbpfBackend:
 
     def stop(self) -> None:
         """Detach from every interface (the interfaces are left as they were found)."""
-        try:
-            if self._marker is not None:
-                marker, self._marker = self._marker, None
-                self._call(marker.close)
-        finally:
-            self._call.close()
+        if self._marker is not None:
+            marker, self._marker = self._marker, None
+            marker.close()
 
     def families(self) -> list[Family]:
         marker = self._marker
         if marker is None:
             return []
         try:
-            counters = self._call(marker.counters)
+            counters = marker.counters()
         except MarkerError as exc:
             log.warning("cannot read the classifier's counters: %s", exc)
             counters = {}
