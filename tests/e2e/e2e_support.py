@@ -26,45 +26,14 @@ import pytest
 
 from flowlabel.api_client import ApiClient
 from flowlabel.label import Label, decode
-from support.netns import Capture, Namespace, sh, veth_pair
+from support import netns
+from support.netns import A, B, Capture, Namespace
 
-A, B = "fd00::1", "fd00::2"
 READY_TIMEOUT = 15.0
 
 
-class Pair:
-    def __init__(self) -> None:
-        self.a = Namespace()
-        try:
-            self.b = Namespace()
-            self.if_a, self.if_b = veth_pair(self.a, self.b, A, B)
-        except BaseException:
-            self.a.close()
-            raise
-
-    def close(self) -> None:
-        self.a.close()
-        self.b.close()
-
-    def recreate_link(self) -> None:
-        """Delete the veth pair and make it again under the same names (new devices)."""
-        self.delete_link()
-        self.add_link()
-
-    def delete_link(self) -> None:
-        self.a.ip("link", "del", self.if_a)
-
-    def add_link(self) -> None:
-        """The veth pair again under its old names, after :meth:`delete_link`."""
-        sh("ip", "link", "add", self.if_a, "netns", self.a.name, "type", "veth",
-           "peer", "name", self.if_b, "netns", self.b.name)
-        for ns, name, addr in ((self.a, self.if_a, A), (self.b, self.if_b, B)):
-            ns.ip("addr", "add", f"{addr}/64", "dev", name, "nodad")
-            ns.ip("link", "set", name, "up")
-        for ns, name, peer, peer_name, peer_addr in ((self.a, self.if_a, self.b, self.if_b, B),
-                                                     (self.b, self.if_b, self.a, self.if_a, A)):
-            mac = json.loads(peer.ip("-j", "link", "show", "dev", peer_name).stdout)[0]["address"]
-            ns.ip("neigh", "replace", peer_addr, "lladdr", mac, "dev", name, "nud", "permanent")
+class Pair(netns.Pair):
+    """A veth pair between namespaces, with the traffic the end-to-end tests send over it."""
 
     def send_udp(self, flows: Iterable[tuple[int, int]], count: int = 3) -> None:
         """``count`` datagrams a -> b for each (sport, dport)."""

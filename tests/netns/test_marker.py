@@ -20,33 +20,18 @@ import pytest
 from flowlabel.errors import AttachConflictError, InterfaceError, MapFullError, ObjectError
 from flowlabel.flow import Flow
 from flowlabel.marker import TC_HANDLE, TC_PRIORITY, Marker, tcx_program_names
-from support.netns import Capture, Namespace, parse_ipv6, unique, veth_pair
+from support.netns import A, B, Capture, Namespace, Pair, parse_ipv6, unique
 
 pytestmark = pytest.mark.netns
 
-A, B = "fd00::1", "fd00::2"
 LABEL = 0xABCDE
 MODES = ["tcx", "tc"]
 
 
-class Pair:
-    def __init__(self) -> None:
-        self.a = Namespace()
-        self.b = Namespace()
-        self.if_a, self.if_b = veth_pair(self.a, self.b, A, B)
-
-    def close(self) -> None:
-        self.a.close()
-        self.b.close()
-
-
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    p = Pair()
-    try:
+    with Pair() as p:
         yield p
-    finally:
-        p.close()
 
 
 def tcp_transfer(pair: Pair, marker: Marker | None, nbytes: int, label: int | None) -> tuple[int, int]:

@@ -77,9 +77,14 @@ class Namespace:
         self.close()
 
 
-def veth_pair(a: Namespace, b: Namespace, addr_a: str, addr_b: str) -> tuple[str, str]:
+#: The addresses of a Pair's two ends.
+A, B = "fd00::1", "fd00::2"
+
+
+def veth_pair(a: Namespace, b: Namespace, addr_a: str, addr_b: str,
+              names: tuple[str, str] | None = None) -> tuple[str, str]:
     """A veth pair between two namespaces with IPv6 addresses (no DAD wait); returns the names."""
-    name_a, name_b = unique("va"), unique("vb")
+    name_a, name_b = names or (unique("va"), unique("vb"))
     sh("ip", "link", "add", name_a, "netns", a.name, "type", "veth", "peer", "name", name_b, "netns", b.name)
     for ns, name, addr in ((a, name_a, addr_a), (b, name_b, addr_b)):
         ns.ip("addr", "add", f"{addr}/64", "dev", name, "nodad")
@@ -91,6 +96,40 @@ def veth_pair(a: Namespace, b: Namespace, addr_a: str, addr_b: str) -> tuple[str
         mac = json.loads(peer_ns.ip("-j", "link", "show", "dev", peer_name).stdout)[0]["address"]
         ns.ip("neigh", "replace", peer_addr, "lladdr", mac, "dev", name, "nud", "permanent")
     return name_a, name_b
+
+
+class Pair:
+    """Namespaces ``a`` (address A) and ``b`` (address B) joined by a veth pair."""
+
+    def __init__(self) -> None:
+        self.a = Namespace()
+        try:
+            self.b = Namespace()
+            self.if_a, self.if_b = veth_pair(self.a, self.b, A, B)
+        except BaseException:
+            self.a.close()
+            raise
+
+    def delete_link(self) -> None:
+        self.a.ip("link", "del", self.if_a)
+
+    def add_link(self) -> None:
+        """The veth pair again under its old names (new devices), after :meth:`delete_link`."""
+        veth_pair(self.a, self.b, A, B, names=(self.if_a, self.if_b))
+
+    def recreate_link(self) -> None:
+        self.delete_link()
+        self.add_link()
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+
+    def __enter__(self) -> Pair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Packet(NamedTuple):
