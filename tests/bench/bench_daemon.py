@@ -24,12 +24,10 @@ exit status is 1 if any is missed.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from flowlabel.api_client import ApiClient
+from flowlabel.marker import key_packer
+from support.daemon_map import flow_map_fd
 from support.netns import Namespace
 
 TARGET_RATE = 50_000
@@ -45,8 +45,6 @@ TARGET_P99_MS = 2.0
 TARGET_READY_S = 0.5
 TARGET_RSS_MB = 60.0
 
-SYS_PIDFD_GETFD = 438  # the same number on every architecture
-KEY = struct.Struct("!16s16sHHB3x")  # struct flow_key of bpf/marker.h
 LOOPBACK = socket.inet_pton(socket.AF_INET6, "::1")
 
 
@@ -109,24 +107,7 @@ class DaemonUnderTest:
     def map_fd(self) -> int:
         """A descriptor of the daemon's flow map in this process."""
         assert self.process is not None
-        pid = self.process.pid
-        for name in sorted(os.listdir(f"/proc/{pid}/fdinfo"), key=int):
-            try:
-                info = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
-            except OSError:
-                continue
-            fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
-            if fields.get("key_size", "").strip() == str(KEY.size) and "map_id" in fields:
-                pidfd = os.pidfd_open(pid)
-                try:
-                    libc = ctypes.CDLL(None, use_errno=True)
-                    fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
-                    if fd < 0:
-                        raise OSError(ctypes.get_errno(), "pidfd_getfd")
-                    return int(fd)
-                finally:
-                    os.close(pidfd)
-        raise RuntimeError("the daemon has no flow map open")
+        return flow_map_fd(self.process.pid)
 
 
 def lines(count: int, state: str, offset: int = 0) -> list[bytes]:
@@ -173,7 +154,8 @@ def latency(daemon: DaemonUnderTest, seconds: float, rate: int = 1000) -> dict[s
     from flowlabel._bpf import ffi, lib  # type: ignore[attr-defined]
 
     fd = daemon.map_fd()
-    value = ffi.new("char[]", 8)
+    pack_key = key_packer(ffi)
+    value = ffi.new("struct flow_value *")
     samples = []
     pipe = os.open(daemon.pipe, os.O_WRONLY)
     try:
@@ -185,7 +167,7 @@ def latency(daemon: DaemonUnderTest, seconds: float, rate: int = 1000) -> dict[s
             while time.perf_counter() < next_at:
                 pass
             n = 500_000 + i
-            key = ffi.from_buffer(KEY.pack(LOOPBACK, LOOPBACK, 1024 + n % 60000, 10000 + n // 60000, 6))
+            key = pack_key(LOOPBACK, LOOPBACK, 1024 + n % 60000, 10000 + n // 60000, 6)
             sent = time.perf_counter()
             os.write(pipe, line)
             deadline = sent + 1.0

@@ -9,7 +9,6 @@ the map held at that moment.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from flowlabel.marker import key_packer
+from support.daemon_map import flow_map_fd
 
-SYS_PIDFD_GETFD = 438  # the same number on every architecture
 LOOPBACK = socket.inet_pton(socket.AF_INET6, "::1")
 PROTOCOLS = {"tcp": 6, "udp": 17}
 BATCH = 4096
@@ -38,30 +37,8 @@ class KernelMap:
     def __init__(self, pid: int) -> None:
         ffi, _ = _bpf()
         self.key_size = ffi.sizeof("struct flow_key")
-        self.fd = self._steal(pid)
+        self.fd = flow_map_fd(pid)
         self._pack = key_packer(ffi)
-
-    def _steal(self, pid: int) -> int:
-        for name in sorted(os.listdir(f"/proc/{pid}/fdinfo"), key=int):
-            try:
-                info = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
-            except OSError:
-                continue
-            fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
-            # The flow map is the LRU hash (map_type 9) keyed by a struct flow_key.
-            if fields.get("map_type", "").strip() == "9" and fields.get("key_size", "").strip() == str(
-                self.key_size
-            ):
-                pidfd = os.pidfd_open(pid)
-                try:
-                    libc = ctypes.CDLL(None, use_errno=True)
-                    fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
-                    if fd < 0:
-                        raise OSError(ctypes.get_errno(), "pidfd_getfd")
-                    return int(fd)
-                finally:
-                    os.close(pidfd)
-        raise RuntimeError(f"process {pid} has no flow map open")
 
     def key(self, protocol: str, src: str, dst: str, sport: int, dport: int) -> bytes:
         """The map key of a flow as it leaves the host (``src`` is the local end)."""
