@@ -324,7 +324,8 @@ class Program:
             if abs(err) in (errno.EPERM,) or (abs(err) == errno.EACCES and "processed" not in log):
                 raise _errno_error(f"loading {self.path.name}", err)
             raise VerifierError(
-                f"the kernel rejected {self.path.name} ({os.strerror(abs(err))}); verifier log tail:\n"
+                f"the kernel's verifier rejected {self.path.name} ({os.strerror(abs(err))}); "
+                "the end of its log:\n"
                 + _log_tail(log),
                 log,
             )
