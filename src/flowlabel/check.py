@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from .errors import MarkerError
+from .errors import MarkerError, VerifierError
 
 # Capability bit numbers from linux/capability.h.
 CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
@@ -75,6 +75,11 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         with Program(object_path) as prog:
             elapsed = (time.perf_counter() - started) * 1000
             info = prog.info()
+    except VerifierError as exc:
+        raise CheckFailed(
+            f"the kernel's verifier rejected {path}: {exc.reason or 'see the verifier log'}; "
+            f"this object does not suit kernel {platform.release()}: reinstall flowlabel or report it"
+        ) from exc
     except MarkerError as exc:
         raise CheckFailed(f"loading the classifier failed: {exc}") from exc
     row(

@@ -27,11 +27,15 @@ class ObjectError(MarkerError):
 
 
 class VerifierError(MarkerError):
-    """The kernel's verifier rejected the program; ``log`` holds its output."""
+    """The kernel's verifier rejected the program.
 
-    def __init__(self, message: str, log: str = "") -> None:
+    ``log`` holds its whole output and ``reason`` the line that says why.
+    """
+
+    def __init__(self, message: str, log: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.log = log
+        self.reason = reason
 
 
 class InterfaceError(MarkerError):

@@ -103,6 +103,15 @@ def _log_tail(text: str, lines: int = VERIFIER_TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _verifier_reason(log: str) -> str:
+    """The verifier's own verdict: the line just before its ``processed N insns`` summary."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("processed ") and " insns" in line and i > 0:
+            return lines[i - 1]
+    return next((line for line in reversed(lines) if not line.startswith("libbpf:")), "")
+
+
 def _errno_error(what: str, err: int) -> MarkerError:
     """Map a libbpf/kernel errno to the exception that explains it."""
     err = abs(err)
@@ -328,6 +337,7 @@ class Program:
                 "the end of its log:\n"
                 + _log_tail(log),
                 log,
+                _verifier_reason(log),
             )
         self.prog_fd = int(lib.bpf_program__fd(self._prog))
         self.map_fd = int(lib.bpf_map__fd(self._flows)) if self._flows != ffi.NULL else -1

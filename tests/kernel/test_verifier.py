@@ -42,3 +42,14 @@ def test_verifier_rejection_is_explained(rejected_object: Path) -> None:
     assert "invalid bpf_context access off=4000" in message
     assert "invalid bpf_context access" in caught.value.log
     assert len(message.splitlines()) <= 22
+    assert caught.value.reason == "invalid bpf_context access off=4000 size=4"
+
+
+def test_check_reports_a_rejection_in_one_line(rejected_object: Path) -> None:
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "flowlabel", "check", "--object", str(rejected_object)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "verifier rejected" in line and "invalid bpf_context access off=4000" in line
