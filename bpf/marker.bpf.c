@@ -416,7 +416,7 @@ static __always_inline void handle(struct __sk_buff *skb)
 	struct ipv6hdr *ip6h = NULL;
 	union flow_key_words kw;
 	__u32 pull_len = 0, label;
-	__be32 *word;
+	__be32 *word, new_word;
 
 	/*
 	 * One copy of the fast path per mode, so that offsets are constants;
@@ -459,10 +459,17 @@ static __always_inline void handle(struct __sk_buff *skb)
 		return;
 	}
 
-	/* Version and traffic class (ECN included) stay as they are. */
-	label &= FLOWLABEL_LABEL_MASK;
+	/*
+	 * Version and traffic class (ECN included) stay as they are. The word is
+	 * written with bpf_skb_store_bytes, not through the packet pointer: a
+	 * direct write makes the verifier unshare every cloned skb (all TCP
+	 * segments are clones) before the program runs, marked or not, and drop
+	 * it if that fails; the helper unshares only the packets it writes.
+	 */
 	word = (__be32 *)ip6h;
-	*word = (*word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) | bpf_htonl(label);
+	new_word = (*word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) |
+		   bpf_htonl(label & FLOWLABEL_LABEL_MASK);
+	bpf_skb_store_bytes(skb, (long)ip6h - (long)skb->data, &new_word, sizeof(new_word), 0);
 	count(FLOWLABEL_CNT_MARKED);
 	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(kw.key.sport),
 	      bpf_ntohs(kw.key.dport), label);
