@@ -792,7 +792,6 @@ class Marker:
         self._filter = prog._filter
         self._pack_key = key_packer(ffi)
         self._value = ffi.new("struct flow_value *")
-        self._next = ffi.new("struct flow_key *")
 
     @property
     def interfaces(self) -> list[str]:
@@ -956,54 +955,53 @@ class Marker:
                 raise _errno_error("reading a flow", err)
         return None
 
-    def _keys(self) -> Iterator[bytes]:
-        ffi, lib = self._ffi, self._lib
-        prev: Any = ffi.NULL
-        while True:
-            err = lib.bpf_map_get_next_key(self._fd, prev, self._next)
-            if err:
-                return
-            raw = bytes(ffi.buffer(self._next))
-            yield raw
-            prev = ffi.from_buffer(raw)
+    def _batches(self, batch: int = 4096) -> Iterator[tuple[Any, Any, int]]:
+        """The kernel map's entries, read with batched lookups: (keys, values, count) per batch.
 
-    def __iter__(self) -> Iterator[tuple[Flow, int]]:
-        """The map's entries as (flow in egress orientation, label)."""
-        self._check_open()
-        ffi, lib = self._ffi, self._lib
-        key = ffi.new("struct flow_key *")
-        for raw in list(self._keys()):
-            ffi.memmove(key, raw, len(raw))
-            if lib.bpf_map_lookup_elem(self._fd, key, self._value) != 0:
-                continue  # removed meanwhile
-            yield _flow_of(key), int(self._value.label)
-
-    def map_entries(self) -> int:
-        """Entries the kernel's flow map holds, counted with batched lookups.
-
-        ``len()`` is the Marker's own bookkeeping; only the map can tell whether
-        something else (an eviction, another program) took entries away.
+        The arrays are reused from one batch to the next; copy what must outlive it.
         """
-        self._check_open()
         ffi, lib = self._ffi, self._lib
-        batch = 4096
         keys = ffi.new("struct flow_key[]", batch)
         values = ffi.new("struct flow_value[]", batch)
         # A hash map's batch cursor is a bucket number; a key's size is room enough.
         cursor_in = ffi.new("char[]", ffi.sizeof("struct flow_key"))
         cursor_out = ffi.new("char[]", ffi.sizeof("struct flow_key"))
         count = ffi.new("uint32_t *")
-        total, start = 0, ffi.NULL
+        start: Any = ffi.NULL
         while True:
             count[0] = batch
             err = lib.bpf_map_lookup_batch(self._fd, start, cursor_out, keys, values, count, ffi.NULL)
             if err and err != -errno.ENOENT:
-                raise _errno_error("counting the flow map's entries", err)
-            total += int(count[0])
+                raise _errno_error("reading the flow map", err)
+            yield keys, values, int(count[0])
             if err:
-                return total
+                return
             ffi.memmove(cursor_in, cursor_out, ffi.sizeof(cursor_in))
             start = cursor_in
+
+    def _entries(self) -> list[tuple[bytes, int]]:
+        """Every (packed key, label) the kernel map holds."""
+        ffi, size = self._ffi, self._ffi.sizeof("struct flow_key")
+        out: list[tuple[bytes, int]] = []
+        for keys, values, n in self._batches():
+            raw = ffi.buffer(keys, n * size)[:]
+            out.extend((raw[i * size:(i + 1) * size], int(values[i].label)) for i in range(n))
+        return out
+
+    def __iter__(self) -> Iterator[tuple[Flow, int]]:
+        """The map's entries as (flow in egress orientation, label)."""
+        self._check_open()
+        for raw, label in self._entries():
+            yield _flow_of(raw), label
+
+    def map_entries(self) -> int:
+        """Entries the kernel's flow map holds.
+
+        ``len()`` is the Marker's own bookkeeping; only the map can tell whether
+        something else (an eviction, another program) took entries away.
+        """
+        self._check_open()
+        return sum(n for _, _, n in self._batches())
 
     def __len__(self) -> int:
         """Map entries in use (a flow inserted both ways counts twice)."""
@@ -1013,8 +1011,8 @@ class Marker:
         """Remove every flow."""
         self._check_open()
         left = 0
-        for raw in list(self._keys()):
-            err = self._lib.bpf_map_delete_elem(self._fd, self._ffi.from_buffer(raw))
+        for raw, _ in self._entries():
+            err = self._lib.bpf_map_delete_elem(self._fd, raw)
             left += err not in (0, -errno.ENOENT)
         self._count = 0
         if self._filter is not None:
@@ -1071,16 +1069,18 @@ def _htons(value: int) -> int:
     return ((value & 0xFF) << 8) | (value >> 8) if sys.byteorder == "little" else value
 
 
-def _flow_of(key: Any) -> Flow:
+def _flow_of(key: bytes) -> Flow:
+    """The Flow a packed ``struct flow_key`` stands for."""
     import ipaddress
 
     ffi = _extension()[0]
+    k = ffi.from_buffer("struct flow_key *", key)
     return Flow(
-        _PROTO_NAMES.get(int(key.proto), str(int(key.proto))),
-        ipaddress.IPv6Address(bytes(ffi.buffer(key.saddr))),
-        ipaddress.IPv6Address(bytes(ffi.buffer(key.daddr))),
-        _htons(int(key.sport)),
-        _htons(int(key.dport)),
+        _PROTO_NAMES.get(int(k.proto), str(int(k.proto))),
+        ipaddress.IPv6Address(ffi.buffer(k.saddr)[:]),
+        ipaddress.IPv6Address(ffi.buffer(k.daddr)[:]),
+        _htons(int(k.sport)),
+        _htons(int(k.dport)),
     )
 
 
