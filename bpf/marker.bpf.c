@@ -141,31 +141,18 @@ enum parse_result {
 	PARSE_FLOW,
 	PARSE_NON_IPV6,
 	PARSE_UNPARSED,
-	PARSE_PULL, /* a header lies beyond the linear data: pull, then retry */
 };
 
 /*
- * Pulls tried before giving up on a packet. Each pull takes PULL_AHEAD bytes
- * beyond the header that was missing, so that the next few usually come along.
+ * A packet's flow: its key, and where its IPv6 header starts with that
+ * header's first word (version, traffic class and label), which the label
+ * is written into.
  */
-#define MAX_PULLS 4
-#define PULL_AHEAD 128
-
-/*
- * A header ending at end is not in the linear data. Worth a pull if the
- * packet is long enough, otherwise the packet is truncated: result.
- */
-static __always_inline enum parse_result short_header(struct __sk_buff *skb, __u32 end,
-						      __u32 *pull_len,
-						      enum parse_result result)
-{
-	__u32 len = skb->len;
-
-	if (end > len)
-		return result;
-	*pull_len = end + PULL_AHEAD < len ? end + PULL_AHEAD : len;
-	return PARSE_PULL;
-}
+struct parsed {
+	union flow_key_words kw;
+	__u32 ip6_off;
+	__be32 word;
+};
 
 /* proto: an ethertype in network order, in the low 16 bits. */
 static __always_inline int is_vlan(__u32 proto)
@@ -175,13 +162,13 @@ static __always_inline int is_vlan(__u32 proto)
 
 /*
  * The key in five stores: saddr and daddr as the 32 bytes from offset 8 of
- * the IPv6 header; then sport and dport as they are in the packet (ports),
- * proto and the zero pad.
+ * the IPv6 header (ip6h must be 8-byte aligned); then sport and dport as they
+ * are in the packet (ports), proto and the zero pad.
  */
-static __always_inline void fill_key(union flow_key_words *kw, struct ipv6hdr *ip6h,
+static __always_inline void fill_key(union flow_key_words *kw, const void *ip6h,
 				     __u32 ports, __u8 proto)
 {
-	__u64 *addrs = (void *)ip6h + __builtin_offsetof(struct ipv6hdr, saddr);
+	const __u64 *addrs = ip6h + __builtin_offsetof(struct ipv6hdr, saddr);
 
 	kw->w[0] = addrs[0];
 	kw->w[1] = addrs[1];
@@ -197,10 +184,11 @@ static __always_inline void fill_key(union flow_key_words *kw, struct ipv6hdr *i
 /*
  * The common case with a single bounds check: the IPv6 header at ip6_off
  * (right after Ethernet, or at the start in L3 mode), then TCP or UDP, all in
- * the linear data. Returns 0 for anything else, which parse() then walks.
+ * the linear data, read through the packet pointer at constant offsets.
+ * Returns 0 for anything else, which parse_slow() then reads.
  */
 static __always_inline int parse_simple(struct __sk_buff *skb, const __u32 ip6_off,
-					union flow_key_words *kw, struct ipv6hdr **ip6)
+					struct parsed *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -217,90 +205,86 @@ static __always_inline int parse_simple(struct __sk_buff *skb, const __u32 ip6_o
 	if (ip6h->version != 6 || (nexthdr != IPPROTO_TCP && nexthdr != IPPROTO_UDP))
 		return 0;
 
-	fill_key(kw, ip6h, *ports, nexthdr);
-	*ip6 = ip6h;
+	fill_key(&p->kw, ip6h, *ports, nexthdr);
+	p->ip6_off = ip6_off;
+	p->word = *(__be32 *)ip6h;
 	return 1;
 }
 
 /*
- * Finds the IPv6 header and the TCP or UDP ports. PARSE_FLOW fills kw and
- * points *ip6 at the IPv6 header; PARSE_PULL sets *pull_len.
+ * Everything else: VLAN tags, extension headers, short packets, and headers
+ * beyond the linear data. bpf_skb_load_bytes copies from wherever the bytes
+ * are, so nothing is pulled, no packet pointer is kept across calls and
+ * there is no retry loop, which verifiers before 6.x refuse; it costs a
+ * helper call per header, on the rare packets that come this way.
  */
-static __always_inline enum parse_result parse(struct __sk_buff *skb,
-					       union flow_key_words *kw,
-					       struct ipv6hdr **ip6, __u32 *pull_len)
+static __always_inline enum parse_result parse_slow(struct __sk_buff *skb, struct parsed *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ipv6hdr *ip6h = data;
+	union {
+		struct ipv6hdr hdr;
+		__u64 align;
+	} ip6;
 	__u32 off = 0, ports;
 	__u8 nexthdr;
 
 	if (!cfg.l3) {
-		struct eth_hdr *eth = data;
+		struct eth_hdr eth;
 		__be16 proto;
 
-		if ((void *)(eth + 1) > data_end)
-			return short_header(skb, sizeof(*eth), pull_len, PARSE_NON_IPV6);
-		proto = eth->proto;
-		off = sizeof(*eth);
+		if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+			return PARSE_NON_IPV6;
+		proto = eth.proto;
+		off = sizeof(eth);
 
 #pragma unroll
 		for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-			struct vlan_tag *tag = data + off;
+			struct vlan_tag tag;
 
 			if (!is_vlan(proto))
 				break;
-			if ((void *)(tag + 1) > data_end)
-				return short_header(skb, off + sizeof(*tag), pull_len,
-						    PARSE_NON_IPV6);
-			proto = tag->encap_proto;
-			off += sizeof(*tag);
+			if (bpf_skb_load_bytes(skb, off, &tag, sizeof(tag)))
+				return PARSE_NON_IPV6;
+			proto = tag.encap_proto;
+			off += sizeof(tag);
 		}
 		if (proto != bpf_htons(ETH_P_IPV6))
 			return PARSE_NON_IPV6;
-		ip6h = data + off;
 	}
 
-	if ((void *)(ip6h + 1) > data_end)
-		return short_header(skb, off + sizeof(*ip6h), pull_len, PARSE_UNPARSED);
-	if (ip6h->version != 6)
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6.hdr)) || ip6.hdr.version != 6)
 		return PARSE_UNPARSED;
-	nexthdr = ip6h->nexthdr;
-	off += sizeof(*ip6h);
+	p->ip6_off = off;
+	nexthdr = ip6.hdr.nexthdr;
+	off += sizeof(ip6.hdr);
 
 	if (nexthdr != IPPROTO_TCP && nexthdr != IPPROTO_UDP) {
 #pragma unroll
 		for (int i = 0; i < MAX_EXT_HDRS; i++) {
-			struct ipv6_opt_hdr *opt = data + off;
-			struct ipv6_frag *frag = data + off;
+			/* Every extension header is at least 8 bytes long. */
+			union {
+				struct ipv6_opt_hdr opt;
+				struct ipv6_frag frag;
+			} ext;
 
+			if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)))
+				return PARSE_UNPARSED;
 			switch (nexthdr) {
 			case IPPROTO_HOPOPTS:
 			case IPPROTO_ROUTING:
 			case IPPROTO_DSTOPTS:
-				if ((void *)(opt + 1) > data_end)
-					return short_header(skb, off + sizeof(*opt), pull_len,
-							    PARSE_UNPARSED);
-				nexthdr = opt->nexthdr;
-				off += ((__u32)opt->hdrlen + 1) * 8;
+				nexthdr = ext.opt.nexthdr;
+				off += ((__u32)ext.opt.hdrlen + 1) * 8;
 				break;
 			case IPPROTO_AH:
-				if ((void *)(opt + 1) > data_end)
-					return short_header(skb, off + sizeof(*opt), pull_len,
-							    PARSE_UNPARSED);
-				nexthdr = opt->nexthdr;
-				off += ((__u32)opt->hdrlen + 2) * 4;
+				nexthdr = ext.opt.nexthdr;
+				off += ((__u32)ext.opt.hdrlen + 2) * 4;
 				break;
 			case IPPROTO_FRAGMENT:
-				if ((void *)(frag + 1) > data_end)
-					return short_header(skb, off + sizeof(*frag), pull_len,
-							    PARSE_UNPARSED);
 				/* Only the first fragment carries the ports. */
-				if (frag->frag_off & bpf_htons(IPV6_FRAG_OFFSET_MASK))
+				if (ext.frag.frag_off & bpf_htons(IPV6_FRAG_OFFSET_MASK))
 					return PARSE_UNPARSED;
-				nexthdr = frag->nexthdr;
-				off += sizeof(*frag);
+				nexthdr = ext.frag.nexthdr;
+				off += sizeof(ext.frag);
 				break;
 			default:
 				/* ESP, no next header, or one we do not know. */
@@ -313,23 +297,19 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb,
 
 	/* The fixed transport header must be complete; options need not be. */
 	if (nexthdr == IPPROTO_TCP) {
-		struct tcphdr *tcp = data + off;
-
-		if ((void *)(tcp + 1) > data_end)
-			return short_header(skb, off + sizeof(*tcp), pull_len, PARSE_UNPARSED);
-		ports = *(__u32 *)tcp;
+		if (off + sizeof(struct tcphdr) > skb->len)
+			return PARSE_UNPARSED;
 	} else if (nexthdr == IPPROTO_UDP) {
-		struct udphdr *udp = data + off;
-
-		if ((void *)(udp + 1) > data_end)
-			return short_header(skb, off + sizeof(*udp), pull_len, PARSE_UNPARSED);
-		ports = *(__u32 *)udp;
+		if (off + sizeof(struct udphdr) > skb->len)
+			return PARSE_UNPARSED;
 	} else {
 		return PARSE_UNPARSED; /* chain longer than MAX_EXT_HDRS */
 	}
+	if (bpf_skb_load_bytes(skb, off, &ports, sizeof(ports)))
+		return PARSE_UNPARSED;
 
-	fill_key(kw, ip6h, ports, nexthdr);
-	*ip6 = ip6h;
+	fill_key(&p->kw, &ip6, ports, nexthdr);
+	p->word = *(__be32 *)&ip6;
 	return PARSE_FLOW;
 }
 
@@ -412,32 +392,17 @@ static __always_inline int flow_label(union flow_key_words *kw, __u32 *label)
 /* The packet is IPv6, or may be behind VLAN tags. */
 static __always_inline void handle(struct __sk_buff *skb)
 {
-	enum parse_result res = PARSE_UNPARSED;
-	struct ipv6hdr *ip6h = NULL;
-	union flow_key_words kw;
-	__u32 pull_len = 0, label;
-	__be32 *word, new_word;
+	enum parse_result res = PARSE_FLOW;
+	struct parsed p;
+	__be32 new_word;
+	__u32 label;
 
 	/*
 	 * One copy of the fast path per mode, so that offsets are constants;
 	 * the verifier drops the copy that cfg rules out.
 	 */
-	if (cfg.l3 ? parse_simple(skb, 0, &kw, &ip6h) :
-		     parse_simple(skb, sizeof(struct eth_hdr), &kw, &ip6h)) {
-		res = PARSE_FLOW;
-	} else {
-		/* Loops only for headers beyond the linear data. */
-#pragma clang loop unroll(disable)
-		for (int i = 0; i < MAX_PULLS; i++) {
-			res = parse(skb, &kw, &ip6h, &pull_len);
-			if (res != PARSE_PULL)
-				break;
-			if (bpf_skb_pull_data(skb, pull_len)) {
-				res = PARSE_UNPARSED;
-				break;
-			}
-		}
-	}
+	if (!(cfg.l3 ? parse_simple(skb, 0, &p) : parse_simple(skb, sizeof(struct eth_hdr), &p)))
+		res = parse_slow(skb, &p);
 
 	switch (res) {
 	case PARSE_FLOW:
@@ -446,16 +411,16 @@ static __always_inline void handle(struct __sk_buff *skb)
 		count(FLOWLABEL_CNT_NON_IPV6);
 		debug("not ipv6 behind the link-layer header");
 		return;
-	default: /* unparsed, or still short after MAX_PULLS pulls */
+	default:
 		count(FLOWLABEL_CNT_UNPARSED);
 		debug("unparsed");
 		return;
 	}
 
-	if (!filter_passes(&kw.key) || !flow_label(&kw, &label)) {
+	if (!filter_passes(&p.kw.key) || !flow_label(&p.kw, &label)) {
 		count(FLOWLABEL_CNT_MISSED);
-		debug("miss proto %u sport %u dport %u", kw.key.proto,
-		      bpf_ntohs(kw.key.sport), bpf_ntohs(kw.key.dport));
+		debug("miss proto %u sport %u dport %u", p.kw.key.proto,
+		      bpf_ntohs(p.kw.key.sport), bpf_ntohs(p.kw.key.dport));
 		return;
 	}
 
@@ -466,13 +431,11 @@ static __always_inline void handle(struct __sk_buff *skb)
 	 * segments are clones) before the program runs, marked or not, and drop
 	 * it if that fails; the helper unshares only the packets it writes.
 	 */
-	word = (__be32 *)ip6h;
-	new_word = (*word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) |
-		   bpf_htonl(label & FLOWLABEL_LABEL_MASK);
-	bpf_skb_store_bytes(skb, (long)ip6h - (long)skb->data, &new_word, sizeof(new_word), 0);
+	new_word = (p.word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) | bpf_htonl(label & FLOWLABEL_LABEL_MASK);
+	bpf_skb_store_bytes(skb, p.ip6_off, &new_word, sizeof(new_word), 0);
 	count(FLOWLABEL_CNT_MARKED);
-	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(kw.key.sport),
-	      bpf_ntohs(kw.key.dport), label);
+	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(p.kw.key.sport),
+	      bpf_ntohs(p.kw.key.dport), label);
 }
 
 SEC("tc")
