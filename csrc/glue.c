@@ -5,6 +5,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -150,21 +155,6 @@ int fl_tc_detach(int ifindex, uint32_t handle, uint32_t priority)
 	return bpf_tc_detach(&hook, &opts);
 }
 
-int fl_tc_query(int ifindex, uint32_t handle, uint32_t priority, uint32_t *prog_id)
-{
-	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
-	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority);
-	int err = bpf_tc_query(&hook, &opts);
-
-	*prog_id = 0;
-	/* An empty hook has no filter chain yet, which the kernel reports as EINVAL. */
-	if (err == -ENOENT || err == -EINVAL)
-		return 0;
-	if (!err)
-		*prog_id = opts.prog_id;
-	return err;
-}
-
 int fl_tcx_progs(int ifindex, uint32_t *ids, uint32_t *count)
 {
 	LIBBPF_OPTS(bpf_prog_query_opts, opts, .prog_ids = ids, .count = *count);
@@ -210,4 +200,104 @@ int fl_prog_info(int prog_fd, uint32_t *id, uint32_t *jited_len, uint32_t *xlate
 	*xlated_len = info.xlated_prog_len;
 	*verified_insns = info.verified_insns;
 	return 0;
+}
+
+int fl_probe_mmapable_array(void)
+{
+	LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = BPF_F_MMAPABLE);
+	long page = sysconf(_SC_PAGESIZE);
+	void *mem;
+	int fd, err = 0;
+
+	fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, NULL, 4, 8, 1, &opts);
+	if (fd < 0)
+		return fd;
+	mem = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (mem == MAP_FAILED)
+		err = -errno;
+	else
+		munmap(mem, page);
+	close(fd);
+	return err;
+}
+
+int fl_probe_batch_ops(void)
+{
+	__u32 keys[1], values[1], count = 1, out_batch = 0;
+	int fd, err;
+
+	fd = bpf_map_create(BPF_MAP_TYPE_HASH, NULL, 4, 4, 1, NULL);
+	if (fd < 0)
+		return fd;
+	err = bpf_map_lookup_batch(fd, NULL, &out_batch, keys, values, &count, NULL);
+	close(fd);
+	/* An empty map answers ENOENT where batch operations exist. */
+	return err == -ENOENT ? 0 : err;
+}
+
+/* A one-entry array map by the raw system call: libbpf would try to raise the limit first. */
+static int create_tiny_map(void)
+{
+	union bpf_attr attr;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.map_type = BPF_MAP_TYPE_ARRAY;
+	attr.key_size = 4;
+	attr.value_size = 8;
+	attr.max_entries = 1;
+	return (int)syscall(__NR_bpf, BPF_MAP_CREATE, &attr, sizeof(attr));
+}
+
+#ifndef CAP_BPF
+#define CAP_BPF 39 /* Linux 5.8 */
+#endif
+
+/* Whether the process may create BPF maps at all: CAP_BPF, or CAP_SYS_ADMIN before Linux 5.8. */
+static int may_create_maps(void)
+{
+	struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2];
+
+	if (syscall(SYS_capget, &header, data))
+		return 0;
+	return (data[CAP_TO_INDEX(CAP_SYS_ADMIN)].effective & CAP_TO_MASK(CAP_SYS_ADMIN)) ||
+	       (data[CAP_TO_INDEX(CAP_BPF)].effective & CAP_TO_MASK(CAP_BPF));
+}
+
+int fl_probe_memlock_charged(void)
+{
+	struct rlimit none = { 0, 0 };
+	int status;
+	pid_t pid;
+
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		/*
+		 * Only async-signal-safe calls here: the parent may have threads. The
+		 * limit counts all of the user's locked memory, so only a limit of zero
+		 * tells for sure: any map at all is refused where it applies.
+		 */
+		if (setrlimit(RLIMIT_MEMLOCK, &none))
+			_exit(3);
+		if (create_tiny_map() >= 0)
+			_exit(0);
+		_exit(errno == EPERM && may_create_maps() ? 1 : 2);
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	if (!WIFEXITED(status))
+		return -ECHILD;
+	switch (WEXITSTATUS(status)) {
+	case 0:
+		return 0;
+	case 1:
+		return 1;
+	case 2:
+		return -EPERM;
+	default:
+		return -EIO;
+	}
 }

@@ -27,14 +27,25 @@ int fl_tc_hook_create(int ifindex);             /* 1 if created, 0 if it existed
 int fl_tc_hook_destroy(int ifindex);
 int fl_tc_attach(int ifindex, int prog_fd, uint32_t handle, uint32_t priority, int replace);
 int fl_tc_detach(int ifindex, uint32_t handle, uint32_t priority);
-/* The id of the program on that filter, 0 if none. */
-int fl_tc_query(int ifindex, uint32_t handle, uint32_t priority, uint32_t *prog_id);
 
 /* Ids of the programs on the interface's TCX egress; count: in capacity, out number. */
 int fl_tcx_progs(int ifindex, uint32_t *ids, uint32_t *count);
 
-/* The name of the loaded program with this id (len includes the NUL). */
+/* The name of the loaded program with this id (len includes the NUL); needs CAP_SYS_ADMIN. */
 int fl_prog_name(uint32_t id, char *name, size_t len);
+
+/*
+ * Kernel feature probes for `flowlabel check`: each really asks the kernel.
+ * 0 if the feature is there, else the negative errno the kernel answered.
+ */
+int fl_probe_mmapable_array(void);
+int fl_probe_batch_ops(void);
+/*
+ * 1 if the kernel charges BPF memory to RLIMIT_MEMLOCK (before 5.11), 0 if to
+ * the memory cgroup; -EPERM if the process may not create maps at all. Runs in
+ * a child process, which can lower its limit to zero without touching ours.
+ */
+int fl_probe_memlock_charged(void);
 
 /* Kernel facts about a loaded program. */
 int fl_prog_info(int prog_fd, uint32_t *id, uint32_t *jited_len, uint32_t *xlated_len,

@@ -1,22 +1,49 @@
 """``flowlabel check``: can this host run the marker?
 
-Prints what matters (kernel, BTF, capabilities, libbpf) and then really loads
-the shipped classifier into the kernel and unloads it.
+Prints what matters (kernel, capabilities, libbpf, each kernel feature the
+marker relies on, probed for real) and then really loads the shipped
+classifier into the kernel and unloads it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Callable, NamedTuple, TextIO
 
 from .errors import MarkerError, VerifierError
 
 # Capability bit numbers from linux/capability.h.
 CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 NEEDED = ("CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON")
+CAP_LAST_CAP = "/proc/sys/kernel/cap_last_cap"
+
+
+class Feature(NamedTuple):
+    """A kernel feature the marker relies on, and the Linux release that brought it."""
+
+    row: str
+    name: str
+    since: str
+    required: bool
+
+
+#: What the marker needs from the kernel beyond a tc classifier with an LRU hash map
+#: and read-only global data (Linux 5.2); docs/kernels.md lists the same.
+FEATURES = (
+    Feature("mmap arrays", "memory-mappable BPF arrays (BPF_F_MMAPABLE)", "5.5", True),
+    Feature("batch ops", "batched map operations on hash maps", "5.6", True),
+    Feature("CAP_BPF", "the CAP_BPF and CAP_PERFMON capabilities", "5.8", False),
+    Feature("memlock", "BPF memory charged to the memory cgroup, not RLIMIT_MEMLOCK", "5.11", False),
+    Feature("TCX", "TCX links on the tc egress hook", "6.6", False),
+)
+FEATURE = {f.row: f for f in FEATURES}
+#: The oldest Linux release with every required feature.
+MINIMUM_KERNEL = max((f.since for f in FEATURES if f.required),
+                     key=lambda since: tuple(int(part) for part in since.split(".")))
 
 
 class CheckFailed(Exception):
@@ -33,11 +60,25 @@ def effective_capabilities(status_path: str = "/proc/self/status") -> set[str]:
     return set()
 
 
+def kernel_knows_cap_bpf(path: str = CAP_LAST_CAP) -> bool:
+    """Whether the kernel has CAP_BPF (and CAP_PERFMON), from the highest capability it knows."""
+    try:
+        with open(path) as f:
+            return int(f.read()) >= CAPABILITIES["CAP_BPF"]
+    except (OSError, ValueError):
+        return True  # no way to tell: assume a kernel that knows them
+
+
 def missing_capabilities(have: set[str]) -> list[str]:
     # Before Linux 5.8 CAP_SYS_ADMIN stood for CAP_BPF and CAP_PERFMON.
     if "CAP_SYS_ADMIN" in have:
         have = have | {"CAP_BPF", "CAP_PERFMON"}
     return [cap for cap in NEEDED if cap not in have]
+
+
+def lacks(feature: Feature, detail: str = "") -> str:
+    """The sentence for a missing feature: what it is, and the release that brought it."""
+    return f"this kernel has no {feature.name} (Linux {feature.since}){detail}"
 
 
 def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
@@ -49,30 +90,50 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         raise CheckFailed(f"this is {sys.platform}, not Linux: the marker needs a Linux kernel with eBPF")
     row("kernel", platform.release())
 
-    from .marker import BTF_PATH, Program, bundled_object, libbpf_version
+    from . import marker
 
-    has_btf = BTF_PATH.exists()
-    row("BTF", f"yes ({BTF_PATH})" if has_btf else f"no ({BTF_PATH} missing)")
     have = effective_capabilities()
-    row("capabilities", ", ".join(f"{cap} {'yes' if cap in have else 'no'}" for cap in NEEDED))
+    if kernel_knows_cap_bpf():
+        row("capabilities", ", ".join(f"{cap} {'yes' if cap in have else 'no'}" for cap in NEEDED))
+    else:
+        admin = {cap: "yes" if cap in have else "no" for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN")}
+        row("capabilities", f"CAP_SYS_ADMIN {admin['CAP_SYS_ADMIN']}, CAP_NET_ADMIN {admin['CAP_NET_ADMIN']} "
+            f"({lacks(FEATURE['CAP_BPF'], ': CAP_SYS_ADMIN stands for them')})")
     try:
-        row("libbpf", libbpf_version())
+        row("libbpf", marker.libbpf_version())
     except MarkerError as exc:
         raise CheckFailed(str(exc)) from exc
-    path = object_path or str(bundled_object())
-    row("object", path)
-
-    if not has_btf:
-        raise CheckFailed(
-            f"the kernel has no BTF ({BTF_PATH}); use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-        )
     missing = missing_capabilities(have)
     if missing:
         raise CheckFailed(f"missing {', '.join(missing)}: run as root or grant these capabilities")
 
+    problems: list[str] = []
+    probes = marker.kernel_features()
+    charged = probes.memlock_charged
+    row("memlock", f"charged to RLIMIT_MEMLOCK (limit {marker.memlock_limit()}); {lacks(FEATURE['memlock'])}"
+        if charged else "not charged: BPF memory counts against the memory cgroup")
+    for name, err in (("mmap arrays", probes.mmapable_array), ("batch ops", probes.batch_ops)):
+        if err == 0:
+            row(name, "yes")
+        elif err == -errno.EPERM:
+            # Refused, which says nothing about the feature itself.
+            row(name, "not probed: the kernel refused to create a map (operation not permitted)")
+            problems.append(marker.memlock_advice() if charged else
+                            "the kernel refused to create a BPF map: run as root or grant "
+                            f"{', '.join(NEEDED)}")
+        else:
+            row(name, f"no ({os.strerror(abs(err))})")
+            problems.append(lacks(FEATURE[name], f": flowlabel needs Linux {MINIMUM_KERNEL} or newer"))
+    row("attach", "TCX links" if probes.tcx
+        else f"tc: a clsact qdisc and a cls_bpf filter ({lacks(FEATURE['TCX'])})")
+    path = object_path or str(marker.bundled_object())
+    row("object", path)
+    if problems:
+        raise CheckFailed(problems[0])
+
     started = time.perf_counter()
     try:
-        with Program(object_path) as prog:
+        with marker.Program(object_path) as prog:
             elapsed = (time.perf_counter() - started) * 1000
             info = prog.info()
     except VerifierError as exc:
@@ -82,11 +143,10 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         ) from exc
     except MarkerError as exc:
         raise CheckFailed(f"loading the classifier failed: {exc}") from exc
-    row(
-        "load",
-        f"ok: program id {info.id}, {info.verified_insns} instructions verified, "
-        f"JIT {info.jited_bytes} bytes, {elapsed:.1f} ms; unloaded",
-    )
+    # Kernels before 5.16 do not report how many instructions they verified.
+    verified = f"{info.verified_insns} instructions verified, " if info.verified_insns else ""
+    row("load", f"ok: program id {info.id}, {verified}JIT {info.jited_bytes} bytes, "
+        f"{elapsed:.1f} ms; unloaded")
 
 
 def main(object_path: str | None = None, out: TextIO = sys.stdout,

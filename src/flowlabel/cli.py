@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="check that this host can run the marker",
         description=(
-            "Print the kernel release, BTF availability, the capabilities that matter "
-            "(CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON) and the bundled libbpf version, then load "
-            "the shipped classifier into the kernel and unload it. Exits non-zero with one line "
-            "saying what is wrong when the marker cannot run here."
+            "Print the kernel release, the capabilities that matter (CAP_BPF, CAP_NET_ADMIN, "
+            "CAP_PERFMON), the bundled libbpf version and each kernel feature the marker relies "
+            "on (probed, not guessed from the version: memory-mappable arrays, batched map "
+            "operations, TCX, how BPF memory is charged), then load the shipped classifier into "
+            "the kernel and unload it. Exits non-zero with one line saying what is wrong when "
+            "the marker cannot run here."
         ),
     )
     check.add_argument("--object", metavar="PATH", help="check this BPF object instead of the shipped one")

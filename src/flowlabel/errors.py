@@ -14,10 +14,6 @@ class NotSupportedError(MarkerError):
     """This host cannot run the classifier at all (not Linux, no extension)."""
 
 
-class NoBTFError(MarkerError):
-    """The kernel exposes no BTF, which the CO:RE object needs."""
-
-
 class MissingPrivilegeError(MarkerError):
     """The process lacks a capability the operation needs."""
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import atexit
 import errno
+import logging
 import mmap
 import os
+import resource
+import socket
 import struct
 import sys
 import weakref
@@ -25,14 +28,15 @@ from .errors import (
     MapFullError,
     MarkerError,
     MissingPrivilegeError,
-    NoBTFError,
     NotSupportedError,
     ObjectError,
     VerifierError,
 )
 from .flow import Flow
+from .netif import clsact_has_filters, egress_filter_program
 
-BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+log = logging.getLogger(__name__)
+
 PROGRAM_NAME = "marker_egress"
 FLOW_MAP = "flows"
 COUNTER_MAP = "counters"
@@ -63,6 +67,50 @@ def libbpf_version() -> str:
     """The version of the libbpf linked into the extension."""
     ffi, lib = _extension()
     return str(ffi.string(lib.libbpf_version_string()).decode())
+
+
+class KernelFeatures(NamedTuple):
+    """What the running kernel offers, each probed by asking it (needs CAP_BPF)."""
+
+    mmapable_array: int  # 0, or the errno (negative) that creating or mapping one gave
+    batch_ops: int  # 0, or the errno (negative) that a batched lookup gave
+    tcx: bool
+    memlock_charged: bool  # BPF memory counts against RLIMIT_MEMLOCK (before Linux 5.11)
+
+
+def kernel_features() -> KernelFeatures:
+    ffi, lib = _extension()
+    ids = ffi.new("uint32_t[]", 1)
+    count = ffi.new("uint32_t *", 1)
+    # A kernel without TCX does not know the attach type and answers EINVAL.
+    tcx = lib.fl_tcx_progs(socket.if_nametoindex("lo"), ids, count) != -errno.EINVAL
+    return KernelFeatures(int(lib.fl_probe_mmapable_array()), int(lib.fl_probe_batch_ops()), tcx,
+                          lib.fl_probe_memlock_charged() == 1)
+
+
+def raise_memlock_limit() -> None:
+    """Lift the soft locked-memory limit to the hard one, which needs no privilege.
+
+    Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; libbpf raises it only
+    when the hard limit allows "unlimited".
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+
+
+def memlock_limit() -> str:
+    """The process's soft locked-memory limit, in words."""
+    limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    if limit == resource.RLIM_INFINITY:
+        return "unlimited"
+    return f"{limit // 1024} KiB" if limit < 1 << 20 else f"{limit / (1 << 20):.0f} MiB"
+
+
+def memlock_advice() -> str:
+    """What to do when a kernel that charges BPF memory to RLIMIT_MEMLOCK refused a map."""
+    return (f"this kernel charges BPF memory to the locked-memory limit (RLIMIT_MEMLOCK, {memlock_limit()}): "
+            "set LimitMEMLOCK=infinity in the service unit, or run `ulimit -l unlimited` first")
 
 
 def bundled_object() -> Path:
@@ -231,11 +279,6 @@ class Program:
         self._ffi, self._lib = _extension()
         self._obj: Any = self._ffi.NULL
         self._filter: _FlowFilter | None = None
-        if not BTF_PATH.exists():
-            raise NoBTFError(
-                f"the kernel has no BTF ({BTF_PATH} is missing); "
-                "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-            )
         self.path = Path(path) if path is not None else bundled_object()
         self._open()
         try:
@@ -326,18 +369,22 @@ class Program:
 
     def _load(self) -> None:
         ffi, lib = self._ffi, self._lib
+        raise_memlock_limit()
         lib.fl_log_clear()
         err = lib.bpf_object__load(self._obj)
         if err:
-            log = ffi.string(lib.fl_log_text()).decode(errors="replace")
-            if abs(err) in (errno.EPERM,) or (abs(err) == errno.EACCES and "processed" not in log):
+            text = ffi.string(lib.fl_log_text()).decode(errors="replace")
+            if abs(err) == errno.EPERM and lib.fl_probe_memlock_charged() == 1:
+                raise MissingPrivilegeError(
+                    f"loading {self.path.name}: operation not permitted; {memlock_advice()}")
+            if abs(err) in (errno.EPERM,) or (abs(err) == errno.EACCES and "processed" not in text):
                 raise _errno_error(f"loading {self.path.name}", err)
             raise VerifierError(
                 f"the kernel's verifier rejected {self.path.name} ({os.strerror(abs(err))}); "
                 "the end of its log:\n"
-                + _log_tail(log),
-                log,
-                _verifier_reason(log),
+                + _log_tail(text),
+                text,
+                _verifier_reason(text),
             )
         self.prog_fd = int(lib.bpf_program__fd(self._prog))
         self.map_fd = int(lib.bpf_map__fd(self._flows)) if self._flows != ffi.NULL else -1
@@ -645,11 +692,16 @@ class _Attachment:
 
     def _attach_tcx(self, program: Program, *, required: bool) -> bool:
         ffi, lib = self._ffi, self._lib
-        if program.program_name[:15] in tcx_program_names(self.ifindex):
+        on_egress = tcx_programs(self.ifindex)
+        if any(name == program.program_name[:15] for _, name in on_egress):
             raise AttachConflictError(
                 f"a TCX link of another {program.program_name} program is already on {self.name!r} egress; "
                 "is a marker running in another mount namespace?"
             )
+        unnamed = [str(prog_id) for prog_id, name in on_egress if name is None]
+        if unnamed:
+            log.warning("cannot tell whether TCX programs %s on %s egress include another marker: "
+                        "reading a program's name needs CAP_SYS_ADMIN", ", ".join(unnamed), self.name)
         lib.fl_log_clear()
         link = lib.bpf_program__attach_tcx(program.bpf_program, self.ifindex, ffi.NULL)
         if link != ffi.NULL:
@@ -663,32 +715,26 @@ class _Attachment:
         return False  # this kernel has no TCX: fall back to clsact
 
     def _attach_tc(self, program: Program) -> None:
-        ffi, lib = self._ffi, self._lib
+        lib = self._lib
         created = lib.fl_tc_hook_create(self.ifindex)
         if created < 0:
             raise _errno_error(f"creating the clsact qdisc on {self.name!r}", created)
         self.created_qdisc = created == 1
-        prog_id = ffi.new("uint32_t *")
-        err = lib.fl_tc_query(self.ifindex, TC_HANDLE, TC_PRIORITY, prog_id)
-        if err:
-            raise _errno_error(f"querying the egress filters of {self.name!r}", err)
-        if prog_id[0]:
-            # Our handle and priority are taken. Under our lock that can only be
-            # a marker whose process died: replace it. Anything else is not ours.
-            name = ffi.new("char[]", 64)
-            lib.fl_prog_name(prog_id[0], name, 64)
-            if ffi.string(name).decode() != program.program_name[:15]:
-                raise AttachConflictError(
-                    f"a filter of another program sits at handle {TC_HANDLE:#x} priority {TC_PRIORITY:#x} "
-                    f"on {self.name!r} egress; remove it or use attach mode 'tcx'"
-                )
-        err = lib.fl_tc_attach(self.ifindex, program.prog_fd, TC_HANDLE, TC_PRIORITY, 1 if prog_id[0] else 0)
+        # The filter dump names the program at our handle and priority; reading a
+        # program by its id instead would need CAP_SYS_ADMIN, which the unit does not grant.
+        found = egress_filter_program(self.ifindex, TC_HANDLE, TC_PRIORITY)
+        if found is not None and found != program.program_name[:15]:
+            raise AttachConflictError(
+                f"a filter of another program ({found or 'unnamed'}) sits at handle {TC_HANDLE:#x} "
+                f"priority {TC_PRIORITY:#x} on {self.name!r} egress; remove it or use attach mode 'tcx'"
+            )
+        # Under our lock, a filter of ours can only be left by a marker whose process died.
+        err = lib.fl_tc_attach(self.ifindex, program.prog_fd, TC_HANDLE, TC_PRIORITY, int(found is not None))
         if err:
             raise _errno_error(f"attaching a cls_bpf filter to {self.name!r}", err)
 
     def detach(self) -> None:
         """Leave the interface as it was found. Safe to call twice; a vanished interface is fine."""
-        from .netif import clsact_has_filters
 
         try:
             if self._link != self._ffi.NULL:
@@ -705,20 +751,37 @@ class _Attachment:
             self._lock.release()
 
 
-def tcx_program_names(ifindex: int) -> list[str]:
-    """Names of the programs on an interface's TCX egress, as the kernel reports them."""
+def tcx_programs(ifindex: int) -> list[tuple[int, str | None]]:
+    """(id, name) of the programs on an interface's TCX egress; [] on a kernel without TCX.
+
+    A name is None where it cannot be read: that needs CAP_SYS_ADMIN.
+    """
     ffi, lib = _extension()
     ids = ffi.new("uint32_t[]", 64)
     count = ffi.new("uint32_t *", 64)
     err = lib.fl_tcx_progs(ifindex, ids, count)
+    if err == -errno.EINVAL:
+        return []  # no TCX on this kernel
+    if err == -errno.ENODEV:
+        raise InterfaceError(f"network interface {ifindex} does not exist")
     if err:
-        return []  # no TCX on this kernel, or the interface is gone
-    names = []
+        raise _errno_error(f"listing the TCX programs of interface {ifindex}", err)
+    found: list[tuple[int, str | None]] = []
     name = ffi.new("char[]", 64)
     for i in range(count[0]):
-        if lib.fl_prog_name(ids[i], name, 64) == 0:
-            names.append(ffi.string(name).decode())
-    return names
+        err = lib.fl_prog_name(ids[i], name, 64)
+        if err in (-errno.EPERM, -errno.EACCES):
+            found.append((int(ids[i]), None))
+        elif err == 0:
+            found.append((int(ids[i]), ffi.string(name).decode()))
+        elif err != -errno.ENOENT:  # ENOENT: detached meanwhile
+            raise _errno_error(f"reading the name of program {ids[i]}", err)
+    return found
+
+
+def tcx_program_names(ifindex: int) -> list[str]:
+    """Names of the programs on an interface's TCX egress (those that can be read)."""
+    return [name for _, name in tcx_programs(ifindex) if name is not None]
 
 
 class Marker:

@@ -10,6 +10,7 @@ each query runs in a short-lived thread of the same network namespace.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import os
@@ -33,6 +34,9 @@ L3_LINK_TYPES = {
 
 AF_INET6 = socket.AF_INET6
 RT_SCOPE_UNIVERSE = 0
+# Parents of the filters on a clsact qdisc's hooks (TC_H_CLSACT with TC_H_MIN_INGRESS/EGRESS).
+CLSACT_INGRESS = 0xFFFFFFF2
+CLSACT_EGRESS = 0xFFFFFFF3
 T = TypeVar("T")
 
 
@@ -154,10 +158,37 @@ def discover_interfaces() -> list[str]:
 def clsact_has_filters(ifindex: int) -> bool:
     """Whether any filter sits on the interface's clsact hooks (ingress or egress)."""
     with _iproute() as ipr:
-        for parent in (0xFFFFFFF2, 0xFFFFFFF3):  # TC_H_MIN_INGRESS, TC_H_MIN_EGRESS under clsact
+        for parent in (CLSACT_INGRESS, CLSACT_EGRESS):
             try:
                 if ipr.get_filters(index=ifindex, parent=parent):
                     return True
             except Exception:  # no such hook, or the interface is gone
                 continue
     return False
+
+
+@_outside_event_loop
+def egress_filter_program(ifindex: int, handle: int, priority: int) -> str | None:
+    """The program name of the cls_bpf filter at (handle, priority) on the clsact egress hook.
+
+    None if no filter is there, "" if it is not a named BPF program. The name comes
+    from the netlink filter dump (TCA_BPF_NAME, ``name:[id]`` when libbpf attached
+    it), which needs no capability.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _iproute() as ipr:
+        try:
+            filters = ipr.get_filters(index=ifindex, parent=CLSACT_EGRESS)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                raise InterfaceError(f"network interface {ifindex} does not exist") from exc
+            raise InterfaceError(
+                f"cannot list the egress filters of interface {ifindex}: {os.strerror(exc.code)}"
+            ) from exc
+    for msg in filters:
+        if msg["handle"] == handle and msg["info"] >> 16 == priority:
+            options = msg.get_attr("TCA_OPTIONS") if msg.get_attr("TCA_KIND") == "bpf" else None
+            name = options.get_attr("TCA_BPF_NAME") if options else None
+            return str(name).split(":[")[0] if name else ""
+    return None

@@ -26,6 +26,7 @@ import pytest
 
 from flowlabel.api_client import ApiClient
 from flowlabel.label import Label, decode
+from flowlabel.marker import tcx_program_names
 from support import netns
 from support.netns import A, B, Capture, Namespace
 
@@ -44,6 +45,35 @@ class Pair(netns.Pair):
                     s.bind((A, sport))
                     for _ in range(count):
                         s.sendto(b"flowlabel e2e", (B, dport))
+
+    def tcp_labels(self, sport: int, dport: int, nbytes: int = 256 << 10) -> set[int]:
+        """Labels of the packets of one TCP connection a -> b (handshake and data), seen on b."""
+        with self.b.entered():
+            capture = Capture(self.if_b)
+            server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind((B, dport))
+            server.listen(1)
+            with self.a.entered():
+                client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            with client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                client.bind((A, sport))
+                client.connect((B, dport))
+                conn, _ = server.accept()
+                with conn:
+                    client.sendall(b"t" * nbytes)
+                    client.shutdown(socket.SHUT_WR)
+                    received = 0
+                    while chunk := conn.recv(1 << 16):
+                        received += len(chunk)
+            assert received == nbytes
+            capture.drain(quiet=0.2)
+            return {p.label for p in capture.of(sport, dport)}
+        finally:
+            server.close()
+            capture.close()
 
     def labels(self, flows: list[tuple[int, int]], count: int = 3) -> dict[tuple[int, int], set[int]]:
         """Send on each flow and return the labels seen on b's side, by (sport, dport)."""
@@ -196,6 +226,17 @@ class Daemon:
             if len(flows) == count or time.monotonic() > deadline:
                 return flows
             time.sleep(0.02)
+
+
+def attachments(ns: Namespace, ifname: str) -> dict[str, Any]:
+    """What sits on an interface: clsact qdiscs, BPF filters on egress, names of TCX programs."""
+    qdiscs = ns.run("tc", "qdisc", "show", "dev", ifname).stdout
+    filters = ns.run("tc", "filter", "show", "dev", ifname, "egress", check=False).stdout
+    index = int(ns.run("cat", f"/sys/class/net/{ifname}/ifindex").stdout)
+    with ns.entered():
+        tcx = tcx_program_names(index)
+    bpf_filters = [row for row in filters.splitlines() if " bpf " in row and " handle " in row]
+    return {"clsact": qdiscs.count("qdisc clsact"), "bpf filters": len(bpf_filters), "tcx": tcx}
 
 
 def decoded(labels: set[int]) -> set[Label]:

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import time
 from pathlib import Path
 
 import pytest
-from e2e_support import A, B, Daemon, Pair, decoded
+from e2e_support import A, B, Daemon, Pair, attachments, decoded
 
 from flowlabel.events import FlowEvent, format_firefly, parse_firefly
 from flowlabel.label import decode
 from flowlabel.marker import bundled_object, tcx_program_names
+from support.kernel import attach_modes
 from support.netns import Namespace
+from support.privilege import as_the_unit, capability_mask, unit_capabilities
 
 pytestmark = pytest.mark.netns
 
 
-def line(state: str, sport: int, dport: int, experiment: int = 0, activity: int = 0) -> str:
-    return f"{state} udp {A} {sport} {B} {dport} {experiment} {activity}\n"
+def line(state: str, sport: int, dport: int, experiment: int = 0, activity: int = 0,
+         protocol: str = "udp") -> str:
+    return f"{state} {protocol} {A} {sport} {B} {dport} {experiment} {activity}\n"
 
 
 def firefly(state: str, sport: int, dport: int, experiment: int, activity: int, *, syslog: bool) -> bytes:
@@ -164,14 +166,18 @@ def test_flowd_configuration_works_unchanged(pair: Pair, tmp_path: Path, daemons
     }
     daemon = Daemon(pair.a, tmp_path, document)
     daemons.append(daemon.start())
-    flow = (25000, 9500)
-    daemon.write_pipe(line("start", *flow, 44, 55))
-    deadline_labels: set[int] = set()
+    udp, tcp = (25000, 9500), (25001, 9501)
+    # No API in flowd's configuration: the UDP flow's label says when the pipe was read,
+    # and the TCP line before it was applied first.
+    daemon.write_pipe(line("start", *tcp, 45, 56, protocol="tcp") + line("start", *udp, 44, 55))
+    udp_labels: set[int] = set()
     for _ in range(50):
-        deadline_labels = pair.labels([flow], count=1)[flow]
-        if deadline_labels != {0}:
+        udp_labels = pair.labels([udp], count=1)[udp]
+        if udp_labels != {0}:
             break
-    assert {(x.experiment, x.activity) for x in decoded(deadline_labels)} == {(44, 55)}
+    assert {(x.experiment, x.activity) for x in decoded(udp_labels)} == {(44, 55)}
+    # Every packet of the connection, its handshake included, leaves marked.
+    assert {(x.experiment, x.activity) for x in decoded(pair.tcp_labels(*tcp))} == {(45, 56)}
     assert daemon.stop() == 0
 
 
@@ -196,7 +202,7 @@ def interface_state(ns: Namespace, ifname: str) -> tuple[str, str, list[str]]:
     return qdiscs, filters, tcx_program_names_in(ns, ifname)
 
 
-@pytest.mark.parametrize("mode", ["tcx", "tc"])
+@attach_modes
 def test_sigterm_leaves_the_interface_as_found_and_a_restart_restores_flows(
     pair: Pair, tmp_path: Path, daemons: list[Daemon], mode: str
 ) -> None:
@@ -240,22 +246,38 @@ def test_a_second_daemon_is_refused(pair: Pair, tmp_path: Path, daemons: list[Da
     assert daemon.alive() and daemon.pid_path.exists() and daemon.pipe_path.exists()
 
 
-def test_three_capabilities_are_enough(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed: cannot limit capabilities")
+@attach_modes
+def test_the_units_privileges_are_enough_to_run_and_to_restart_after_sigkill(
+    pair: Pair, tmp_path: Path, daemons: list[Daemon], mode: str
+) -> None:
+    # As packaging/flowlabel.service runs it: root with only the unit's capabilities and memlock limit.
     daemon = Daemon.standard(pair, tmp_path)
-    # What packaging/flowlabel.service grants: root, but only these three capabilities.
-    daemons.append(daemon.start(prefix=(setpriv, "--bounding-set=-all,+bpf,+net_admin,+perfmon",
-                                        "--inh-caps=-all", "--")))
-    status = Path(f"/proc/{daemon.process.pid}/status").read_text()  # type: ignore[union-attr]
+    daemon.document["backends"]["ebpf"]["attachMode"] = mode
+    daemon.config_path.write_text(json.dumps(daemon.document))
+    daemons.append(daemon.start(prefix=as_the_unit()))
+    assert daemon.process is not None
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
     (effective,) = [int(row.split()[1], 16) for row in status.splitlines() if row.startswith("CapEff:")]
-    assert effective == 1 << 39 | 1 << 38 | 1 << 12  # CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
-    flow = (27000, 9700)
-    daemon.write_pipe(line("start", *flow, 12, 34))
+    assert effective == capability_mask(unit_capabilities())
+    first, second = (27000, 9700), (27001, 9701)
+    daemon.write_pipe(line("start", *first, 12, 34))
     daemon.wait_for_flows(1)
-    assert {(x.experiment, x.activity) for x in decoded(pair.labels([flow])[flow])} == {(12, 34)}
-    assert daemon.stop() == 0
+    assert {(x.experiment, x.activity) for x in decoded(pair.labels([first])[first])} == {(12, 34)}
+    attached = attachments(pair.a, pair.if_a)
+
+    # Killed: a tc filter stays behind, and the next daemon must take it over with the same privileges.
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(10)
+    restarted = Daemon(pair.a, tmp_path, daemon.document)
+    daemons.append(restarted.start(prefix=as_the_unit()))
+    assert "1 flows restored" in restarted.log()
+    restarted.write_pipe(line("start", *second, 56, 7))
+    restarted.wait_for_flows(2)
+    seen = pair.labels([first, second])
+    assert {(x.experiment, x.activity) for x in decoded(seen[first])} == {(12, 34)}
+    assert {(x.experiment, x.activity) for x in decoded(seen[second])} == {(56, 7)}
+    assert attachments(pair.a, pair.if_a) == attached  # one filter or link, not two
+    assert restarted.stop() == 0
 
 
 def test_discovered_interfaces_are_marked(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:

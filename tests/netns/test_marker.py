@@ -7,7 +7,6 @@ Each test builds its own network namespaces: ``a`` (fd00::1) runs the Marker,
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -20,12 +19,13 @@ import pytest
 from flowlabel.errors import AttachConflictError, InterfaceError, MapFullError, ObjectError
 from flowlabel.flow import Flow
 from flowlabel.marker import TC_HANDLE, TC_PRIORITY, Marker, tcx_program_names
+from support.kernel import attach_modes
 from support.netns import A, B, Capture, Namespace, Pair, parse_ipv6, unique
+from support.privilege import as_the_unit
 
 pytestmark = pytest.mark.netns
 
 LABEL = 0xABCDE
-MODES = ["tcx", "tc"]
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def capture_on_b(pair: Pair) -> Capture:
         return Capture(pair.if_b)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@attach_modes
 def test_marks_exactly_the_flows_in_the_map(pair: Pair, mode: str) -> None:
     cap = capture_on_b(pair)
     with pair.a.entered():
@@ -130,7 +130,7 @@ def test_marks_exactly_the_flows_in_the_map(pair: Pair, mode: str) -> None:
         cap.close()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@attach_modes
 def test_close_leaves_nothing_behind(pair: Pair, mode: str) -> None:
     with pair.a.entered():
         before = pair.a.run("tc", "qdisc", "show", "dev", pair.if_a).stdout
@@ -188,45 +188,53 @@ import sys, time
 from flowlabel.marker import Marker
 from flowlabel.flow import Flow
 m = Marker([sys.argv[1]], attach=sys.argv[2])
-m.add(Flow.of("udp", "fd00::1", "fd00::2", 4000, 5000), 0x11111)
+m.add(Flow.of("udp", "fd00::1", "fd00::2", int(sys.argv[3]), 5000), int(sys.argv[4], 16))
 print("ready", flush=True)
 time.sleep(60)
 """
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_sigkill_then_next_marker(pair: Pair, mode: str) -> None:
-    holder = subprocess.Popen(["ip", "netns", "exec", pair.a.name, sys.executable, "-c", HOLDER,
-                               pair.if_a, mode], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
-    ifindex_cmd = pair.a.run("cat", f"/sys/class/net/{pair.if_a}/ifindex").stdout
+def hold(pair: Pair, mode: str, sport: int, label: int,
+         prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """A Marker in a process of its own in namespace a, marking one UDP flow from ``sport``."""
+    holder = subprocess.Popen(["ip", "netns", "exec", pair.a.name, *prefix, sys.executable, "-c", HOLDER,
+                               pair.if_a, mode, str(sport), hex(label)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    if holder.stdout.readline().strip() != "ready":
+        holder.kill()
+        pytest.fail(f"the Marker process failed: {holder.communicate()[1]}")
+    return holder
+
+
+@attach_modes
+def test_sigkill_then_next_marker_with_the_units_privileges(pair: Pair, mode: str) -> None:
+    first = hold(pair, mode, 4000, 0x11111)
+    first.kill()
+    first.wait()
+    ifindex = int(pair.a.run("cat", f"/sys/class/net/{pair.if_a}/ifindex").stdout)
     with pair.a.entered():
-        ifindex = int(ifindex_cmd)
         if mode == "tcx":
             assert tcx_program_names(ifindex) == []  # the link died with its process
         else:
             # The filter outlives the process; the next Marker replaces it.
             assert len(_egress_filters(pair.a, pair.if_a)) == 1
-        marker = Marker([pair.if_a], attach=mode)
+    # Without CAP_SYS_ADMIN the next Marker cannot read a program by its id, and needs not.
+    cap = capture_on_b(pair)
+    second = hold(pair, mode, 4001, 0x22222, prefix=as_the_unit())
     try:
         ours = {"handle": TC_HANDLE, "priority": TC_PRIORITY, "kind": "bpf"}
         assert _egress_filters(pair.a, pair.if_a) == ([ours] if mode == "tc" else [])
-        cap = capture_on_b(pair)
-        marker.add(Flow.of("udp", A, B, 4001, 5001), 0x22222)
         with pair.a.entered():
             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             s.bind((A, 4001))
-            s.sendto(b"x", (B, 5001))
+            s.sendto(b"x", (B, 5000))
             s.close()
         assert [p.label for p in cap.drain() if p.sport == 4001] == [0x22222], cap.packets
-        cap.close()
     finally:
-        with pair.a.entered():
-            marker.close()
+        second.kill()
+        second.wait()
+        cap.close()
 
 
 def test_second_marker_on_same_interface_is_refused(pair: Pair) -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import A, B, Daemon, Pair, decoded
+from e2e_support import A, B, Daemon, Pair, attachments, decoded
 from reliability_support import KernelMap, flow_line, wait_until, write_lines
 
-from flowlabel.marker import tcx_program_names
 from support import STRESS
+from support.kernel import attach_modes
 
 pytestmark = pytest.mark.netns
 
@@ -33,17 +33,6 @@ def pair() -> Any:
         p.close()
 
 
-def attachments(pair: Pair) -> dict[str, Any]:
-    """What sits on a's veth: clsact qdiscs, BPF filters on egress, TCX programs."""
-    qdiscs = pair.a.run("tc", "qdisc", "show", "dev", pair.if_a).stdout
-    filters = pair.a.run("tc", "filter", "show", "dev", pair.if_a, "egress", check=False).stdout
-    index = int(pair.a.run("cat", f"/sys/class/net/{pair.if_a}/ifindex").stdout)
-    with pair.a.entered():
-        tcx = tcx_program_names(index)
-    bpf_filters = [row for row in filters.splitlines() if " bpf " in row and " handle " in row]
-    return {"clsact": qdiscs.count("qdisc clsact"), "bpf filters": len(bpf_filters), "tcx": tcx}
-
-
 def burst(path: str) -> None:
     data = b"".join(flow_line("start", 1024 + i % 60000, 5000 + i // 60000, 1 + i % 500, i % 64,
                               src=A, dst=B, protocol="udp") for i in range(BURST))
@@ -51,16 +40,16 @@ def burst(path: str) -> None:
         write_lines(path, data)
 
 
-@pytest.mark.parametrize("mode", ["tcx", "tc"])
+@attach_modes
 def test_sigkill_mid_burst_then_restart_restores_every_applied_flow(
     mode: str, pair: Pair, tmp_path: Path, daemons: list[Daemon], report: dict[str, Any]
 ) -> None:
-    before_daemon = attachments(pair)
+    before_daemon = attachments(pair.a, pair.if_a)
     daemon = Daemon.standard(pair, tmp_path)
     daemon.document["backends"]["ebpf"].update(attachMode=mode, maxFlows=2 * BURST)
     daemon.config_path.write_text(json.dumps(daemon.document))
     daemons.append(daemon.start())
-    attached = attachments(pair)
+    attached = attachments(pair.a, pair.if_a)
     assert daemon.process is not None
     with KernelMap(daemon.process.pid) as kmap:
         writer = multiprocessing.get_context("fork").Process(target=burst, args=(str(daemon.pipe_path),))
@@ -84,7 +73,7 @@ def test_sigkill_mid_burst_then_restart_restores_every_applied_flow(
         sample = {(1024 + i, 5000): kmap.key("udp", A, B, 1024 + i, 5000) for i in range(3)}
     lost = {key for key in applied if restored.get(key) != applied[key]}
     extra = restored.keys() - applied.keys()
-    after_restart = attachments(pair)
+    after_restart = attachments(pair.a, pair.if_a)
     seen = pair.labels(list(sample))
     report.update({
         "attach mode": mode,
@@ -106,7 +95,7 @@ def test_sigkill_mid_burst_then_restart_restores_every_applied_flow(
     assert restarted.stop() == 0
     # The classifier is gone. A clsact qdisc the killed daemon created stays, empty: the next
     # daemon found it there, and a qdisc that was there before is never deleted.
-    left = attachments(pair)
+    left = attachments(pair.a, pair.if_a)
     assert left["bpf filters"] == 0 and left["tcx"] == []
     assert left["clsact"] == (1 if mode == "tc" else before_daemon["clsact"])
 

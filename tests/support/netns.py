@@ -24,6 +24,7 @@ from flowlabel.netif import enter_netns
 
 ETH_P_ALL = 0x0003
 ETH_P_IPV6 = 0x86DD
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; needs CAP_NET_ADMIN
 _counter = itertools.count()
 
 
@@ -165,7 +166,8 @@ class Capture:
 
     def __init__(self, ifname: str, outgoing_only: bool = False) -> None:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        # Forced past net.core.rmem_max (often 208 KiB), so that a burst is kept until drained.
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
         self.sock.bind((ifname, 0))
         self.sock.setblocking(False)
         self.outgoing_only = outgoing_only

@@ -1,0 +1,28 @@
+"""What the running kernel is, as the tests see it: an oracle independent of the product's probes."""
+
+from __future__ import annotations
+
+import platform
+import re
+
+import pytest
+
+
+def release() -> tuple[int, int]:
+    """(major, minor) of the running kernel."""
+    match = re.match(r"(\d+)\.(\d+)", platform.release())
+    assert match, f"kernel release {platform.release()!r} not understood"
+    return int(match.group(1)), int(match.group(2))
+
+
+#: Linux 6.6 brought TCX links; before it the classifier sits in a clsact qdisc.
+HAS_TCX = release() >= (6, 6)
+#: Before Linux 5.11 BPF memory is charged to RLIMIT_MEMLOCK instead of the memory cgroup.
+MEMLOCK_CHARGED = release() < (5, 11)
+
+needs_tcx = pytest.mark.skipif(
+    not HAS_TCX, reason=f"TCX needs Linux 6.6, this is {platform.release()}: the tc path is tested instead"
+)
+
+#: Parametrize a test over the attach modes this kernel has (tcx is skipped, with the reason, before 6.6).
+attach_modes = pytest.mark.parametrize("mode", [pytest.param("tcx", marks=needs_tcx), "tc"])

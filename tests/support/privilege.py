@@ -1,0 +1,81 @@
+"""Running a command as packaging/flowlabel.service runs the daemon: root with only the unit's
+capabilities and its locked-memory limit."""
+
+from __future__ import annotations
+
+import resource
+import shutil
+from pathlib import Path
+
+import pytest
+
+from support.kernel import MEMLOCK_CHARGED
+
+UNIT = Path(__file__).resolve().parents[2] / "packaging" / "flowlabel.service"
+
+
+def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
+    """Every ``Key=value`` of the [Service] section, in order (systemd allows repeats)."""
+    settings: dict[str, list[str]] = {}
+    section = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def unit_capabilities() -> list[str]:
+    """The capabilities the unit grants, e.g. ``["CAP_BPF", ...]``."""
+    (granted,) = unit_settings()["AmbientCapabilities"]
+    return granted.split()
+
+
+def capability_mask(names: list[str]) -> int:
+    """The bit mask /proc/PID/status shows for these capabilities."""
+    bits = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_SYS_RESOURCE": 24, "CAP_PERFMON": 38,
+            "CAP_BPF": 39}
+    mask = 0
+    for name in names:
+        mask |= 1 << bits[name]
+    return mask
+
+
+def _memlock_prefix(prlimit: str, wanted: str) -> tuple[str, ...]:
+    """prlimit setting RLIMIT_MEMLOCK to ``wanted`` (bytes or "infinity"), where this process can."""
+    limit = resource.RLIM_INFINITY if wanted == "infinity" else int(wanted)
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    raising = hard != resource.RLIM_INFINITY and (limit == resource.RLIM_INFINITY or limit > hard)
+    if raising and not capability_mask(["CAP_SYS_RESOURCE"]) & _effective():
+        if MEMLOCK_CHARGED:
+            pytest.skip(f"cannot raise RLIMIT_MEMLOCK to {wanted} without CAP_SYS_RESOURCE, "
+                        "and this kernel charges BPF memory to it")
+        return ()  # this kernel does not charge BPF memory to the limit: it cannot matter
+    text = "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+    return (prlimit, f"--memlock={text}:{text}", "--")
+
+
+def _effective() -> int:
+    status = Path("/proc/self/status").read_text()
+    (mask,) = [int(row.split()[1], 16) for row in status.splitlines() if row.startswith("CapEff:")]
+    return mask
+
+
+def as_the_unit(memlock: str | None = None) -> tuple[str, ...]:
+    """A command prefix: the unit's LimitMEMLOCK (or ``memlock``), then only its capabilities.
+
+    The limit is set while the caller still has CAP_SYS_RESOURCE; setpriv then
+    keeps root's uid but bounds every capability set to the unit's.
+    """
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    if setpriv is None or prlimit is None:
+        pytest.skip("setpriv and prlimit (util-linux) are needed to run as the systemd unit does")
+    caps = ",".join("+" + name.removeprefix("CAP_").lower() for name in unit_capabilities())
+    return (*_memlock_prefix(prlimit, memlock or unit_settings()["LimitMEMLOCK"][0]),
+            setpriv, f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--")
