@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s wheel|tests|lint|run|bench|deps|stress``.
+"""Developer tasks: ``nox -s wheel|tests|kernels|lint|run|bench|deps|stress``.
 
 Every session that needs the package installs the wheel that ``wheel`` builds,
 never the source tree, so tests see exactly what users get.
@@ -64,11 +64,27 @@ def wheel(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite against the installed wheel (root needed for the kernel tests)."""
+    """The whole test suite against the installed wheel, as root: kernel tests may not skip."""
     wheel = install_wheel(session)
     session.install(*TEST_DEPS)
-    env = {"FLOWLABEL_WHEEL": str(wheel)}
+    env = {"FLOWLABEL_WHEEL": str(wheel), "FLOWLABEL_REQUIRE_KERNEL": "1"}
     session.run("pytest", *(session.posargs or ["tests"]), env=env)
+
+
+@nox.session
+def kernels(session: nox.Session) -> None:
+    """The kernel-needing test groups on each kernel of the matrix, in qemu guests.
+
+    Args: kernels (default 5.10 6.1 6.12 newest host), options of tests/kmatrix/matrix.py,
+    then ``--`` and pytest arguments. Results in build/kernels/report.md.
+    """
+    wheel = install_wheel(session)
+    session.install(*TEST_DEPS)
+    # Guests have no network: the fresh-install test takes the wheel's dependencies from here.
+    links = ROOT / "build" / "kernels" / "wheels"
+    session.run("python", "-m", "pip", "download", "-q", "-d", str(links), str(wheel))
+    env = {"FLOWLABEL_WHEEL": str(wheel), "PIP_FIND_LINKS": str(links)}
+    session.run("python", str(ROOT / "tests" / "kmatrix" / "matrix.py"), *session.posargs, env=env)
 
 
 @nox.session

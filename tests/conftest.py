@@ -22,12 +22,19 @@ def _kernel_unavailable() -> str | None:
 
 
 KERNEL_UNAVAILABLE = _kernel_unavailable()
+#: Set by `nox -s tests` and the kernel matrix: tests that need the kernel must run, not skip.
+KERNEL_REQUIRED = os.environ.get("FLOWLABEL_REQUIRE_KERNEL") == "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if KERNEL_UNAVAILABLE is None:
         return
+    needing = [item for item in items if "kernel" in item.keywords or "netns" in item.keywords]
+    if needing and KERNEL_REQUIRED:
+        raise pytest.UsageError(
+            f"{len(needing)} tests need the kernel, and cannot run here: {KERNEL_UNAVAILABLE} "
+            "(FLOWLABEL_REQUIRE_KERNEL=1 forbids skipping them)"
+        )
     skip = pytest.mark.skip(reason=KERNEL_UNAVAILABLE)
-    for item in items:
-        if "kernel" in item.keywords or "netns" in item.keywords:
-            item.add_marker(skip)
+    for item in needing:
+        item.add_marker(skip)
