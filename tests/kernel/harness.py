@@ -59,7 +59,7 @@ class Classifier:
         try:
             self.program.test_run(data)
         except MarkerError:
-            assert kernel_refuses(data), f"unexpected refusal of {len(data)} bytes"
+            assert kernel_refuses(data) is not False, f"unexpected refusal of {len(data)} bytes"
             assert self.program.counters() == before
             return True
         return False

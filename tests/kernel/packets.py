@@ -156,19 +156,23 @@ def with_label(frame: bytes, ip6_offset: int, label: int) -> bytes:
     return frame[:ip6_offset] + struct.pack("!I", first) + frame[ip6_offset + 4:]
 
 
-#: The largest input BPF_PROG_TEST_RUN takes: a page less skb head- and tailroom (x86-64).
+#: The largest input BPF_PROG_TEST_RUN takes into the linear data: a page less skb head- and
+#: tailroom (x86-64). Kernels up to 6.18 refuse anything longer; 7.3 puts the rest in page
+#: fragments, so that the packet is non-linear.
 MAX_TEST_RUN_LEN = 3712
 
 
-def kernel_refuses(data: bytes) -> bool:
+def kernel_refuses(data: bytes) -> bool | None:
     """Whether BPF_PROG_TEST_RUN rejects ``data`` (EINVAL) before the program runs.
 
     It needs an Ethernet header, and for an IPv4 or IPv6 ethertype at bytes
-    12-13 also the IP header behind it; the data must fit one page with the
-    skb's head- and tailroom (measured on 6.18).
+    12-13 also the IP header behind it. Data longer than MAX_TEST_RUN_LEN gives
+    None: refused or run non-linear, depending on the kernel.
     """
-    if len(data) < ETH_HLEN or len(data) > MAX_TEST_RUN_LEN:
+    if len(data) < ETH_HLEN:
         return True
+    if len(data) > MAX_TEST_RUN_LEN:
+        return None
     ethertype = struct.unpack_from("!H", data, 12)[0]
     if ethertype == ETH_P_IPV6:
         return len(data) < ETH_HLEN + IPV6_HLEN
