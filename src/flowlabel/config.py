@@ -29,6 +29,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from ._text import show_json
+
 __all__ = [
     "DEFAULT_CONFIG",
     "Api",
@@ -271,29 +273,6 @@ def _json_name(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value) if not isinstance(value, (dict, list)) else _kind(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -308,24 +287,24 @@ def _value(kind: Any, value: object, path: str) -> Any:
         return _section(kind, value, path)  # type: ignore[arg-type]
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(path, f"expected an array, got {_show(value)}")
+            raise ConfigError(path, f"expected an array, got {show_json(value)}")
         (item,) = typing.get_args(kind)
         return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"expected a boolean, got {_show(value)}")
+            raise ConfigError(path, f"expected a boolean, got {show_json(value)}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {_show(value)}")
+            raise ConfigError(path, f"expected an integer, got {show_json(value)}")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"expected a number, got {_show(value)}")
+            raise ConfigError(path, f"expected a number, got {show_json(value)}")
         return float(value)
     if kind is str:
         if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {_show(value)}")
+            raise ConfigError(path, f"expected a string, got {show_json(value)}")
         return value
     raise TypeError(f"no reader for {kind!r}")  # a bug in the dataclasses above
 
@@ -333,8 +312,8 @@ def _value(kind: Any, value: object, path: str) -> Any:
 def _section(cls: type[Any], value: object, path: str) -> Any:
     if not isinstance(value, dict):
         if not path:
-            raise ConfigError("", f"the configuration must be a JSON object, got {_show(value)}")
-        raise ConfigError(path, f"expected an object, got {_show(value)}")
+            raise ConfigError("", f"the configuration must be a JSON object, got {show_json(value)}")
+        raise ConfigError(path, f"expected an object, got {show_json(value)}")
     hints = typing.get_type_hints(cls)
     fields = {_json_name(f.name): f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}

@@ -88,6 +88,7 @@ from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6
 from typing import Any, Callable, NamedTuple, Union
 
+from ._text import json_kind, show
 from .flow import Flow, IPAddress
 from .label import ACTIVITY_MAX, EXPERIMENT_MAX, LabelError, check_activity, check_experiment
 from .registry import Registry, RegistryError
@@ -205,25 +206,6 @@ class FlowEvent(NamedTuple):
 # -- shared field checks ---------------------------------------------------------------------
 
 
-def _show(value: object) -> str:
-    """A short rendering of ``value`` for error messages."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"a {value.bit_length()}-bit integer"
-    try:
-        text = repr(value)
-    except Exception:  # e.g. RecursionError on deeply nested lists
-        return f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    return {dict: "object", list: "array", str: "string", bool: "boolean", float: "number"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _choice(value: object, choices: tuple[str, ...], field: str) -> str:
     if isinstance(value, str):
         if value in choices:
@@ -231,7 +213,7 @@ def _choice(value: object, choices: tuple[str, ...], field: str) -> str:
         lowered = value.lower()
         if lowered in choices:
             return lowered
-    raise EventError(field, f"must be one of {', '.join(choices)}, got {_show(value)}")
+    raise EventError(field, f"must be one of {', '.join(choices)}, got {show(value)}")
 
 
 def _int(value: object, field: str, low: int, high: int) -> int:
@@ -240,7 +222,7 @@ def _int(value: object, field: str, low: int, high: int) -> int:
             return value
     elif isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         return int(value)
-    raise EventError(field, f"must be an integer {low}-{high}, got {_show(value)}")
+    raise EventError(field, f"must be an integer {low}-{high}, got {show(value)}")
 
 
 def _integral(value: object) -> object:
@@ -254,7 +236,7 @@ def _checked(check: Callable[[object], int], value: object, field: str, high: in
     try:
         return check(value)
     except LabelError:
-        raise EventError(field, f"must be an integer 0-{high}, got {_show(value)}") from None
+        raise EventError(field, f"must be an integer 0-{high}, got {show(value)}") from None
 
 
 def _experiment(value: object, field: str) -> int:
@@ -293,7 +275,7 @@ def _parse_address(text: str, field: str) -> IPAddress:
     except (OSError, ValueError):
         address = _ip_address(text) if "%" not in text else None
     if address is None:
-        raise EventError(field, f"must be an IPv4 or IPv6 address, got {_show(text)}")
+        raise EventError(field, f"must be an IPv4 or IPv6 address, got {show(text)}")
     if len(_ADDRESSES) >= _ADDRESS_CACHE_SIZE:
         _ADDRESSES.clear()
     _ADDRESSES[text] = address
@@ -312,7 +294,7 @@ def _address(value: object, field: str) -> IPAddress:
         return _parse_address(value, field)
     if isinstance(value, _IP_TYPES):
         return value
-    raise EventError(field, f"must be an IP address string, got {_kind(value)} {_show(value)}")
+    raise EventError(field, f"must be an IP address string, got {json_kind(value)} {show(value)}")
 
 
 def _same_family(src: IPAddress, dst: IPAddress, field: str) -> None:
@@ -323,7 +305,7 @@ def _same_family(src: IPAddress, dst: IPAddress, field: str) -> None:
 def _optional_str(value: object, field: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise EventError(field, f"must be a string, got {_kind(value)} {_show(value)}")
+    raise EventError(field, f"must be a string, got {json_kind(value)} {show(value)}")
 
 
 _DATE_TIME = re.compile(
@@ -336,7 +318,7 @@ def _parse_time(text: str, field: str) -> datetime:
     match = _DATE_TIME.fullmatch(text)
     if match is None:
         raise EventError(
-            field, f"must be an RFC 3339 date-time such as '2024-03-28T08:58:48.899646Z', got {_show(text)}"
+            field, f"must be an RFC 3339 date-time such as '2024-03-28T08:58:48.899646Z', got {show(text)}"
         )
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
@@ -348,7 +330,7 @@ def _parse_time(text: str, field: str) -> datetime:
             offset = timedelta(hours=int(off_h), minutes=int(off_m))
             parsed -= offset if sign == "+" else -offset
     except (ValueError, OverflowError) as exc:
-        raise EventError(field, f"must be a valid date-time, got {_show(text)} ({exc})") from None
+        raise EventError(field, f"must be a valid date-time, got {show(text)} ({exc})") from None
     return parsed
 
 
@@ -357,12 +339,12 @@ def _time(value: object, field: str) -> datetime:
         return _parse_time(value, field)
     if isinstance(value, datetime):
         if value.utcoffset() is None:
-            raise EventError(field, f"must be timezone-aware, got naive {_show(value)}")
+            raise EventError(field, f"must be timezone-aware, got naive {show(value)}")
         try:
             return value.astimezone(_UTC)
         except OverflowError:
-            raise EventError(field, f"must be representable in UTC, got {_show(value)}") from None
-    raise EventError(field, f"must be a date-time string, got {_kind(value)} {_show(value)}")
+            raise EventError(field, f"must be representable in UTC, got {show(value)}") from None
+    raise EventError(field, f"must be a date-time string, got {json_kind(value)} {show(value)}")
 
 
 def _optional_time(value: object, field: str) -> datetime | None:
@@ -385,7 +367,7 @@ def _resolve(
     if registry is None:
         field, high = (exp_field, EXPERIMENT_MAX) if exp_id is None else (act_field, ACTIVITY_MAX)
         value = experiment if exp_id is None else activity
-        raise EventError(field, f"must be an integer 0-{high} (names need a registry), got {_show(value)}")
+        raise EventError(field, f"must be an integer 0-{high} (names need a registry), got {show(value)}")
     try:
         exp = registry.experiment(exp_id if exp_id is not None else str(experiment))
     except RegistryError as exc:
@@ -407,9 +389,9 @@ def _id_or_none(value: object, field: str, high: int) -> int | None:
         if not (value.isascii() and value.isdigit()):
             if value.strip():
                 return None
-            raise EventError(field, f"must be an integer 0-{high} or a name, got {_show(value)}")
+            raise EventError(field, f"must be an integer 0-{high} or a name, got {show(value)}")
         if len(value) > 10:
-            raise EventError(field, f"must be an integer 0-{high}, got {_show(value)}")
+            raise EventError(field, f"must be an integer 0-{high}, got {show(value)}")
         value = int(value)
     return _checked(check_experiment if high == EXPERIMENT_MAX else check_activity, value, field, high)
 
@@ -437,7 +419,7 @@ def _pipe_port(text: str, field: str) -> int:
         value = int(text)
         if value <= 65535:
             return value
-    raise EventError(field, f"must be an integer 0-65535, got {_show(text)}")
+    raise EventError(field, f"must be an integer 0-65535, got {show(text)}")
 
 
 def parse_line(line: Data, registry: Registry | None = None) -> FlowEvent:
@@ -450,7 +432,7 @@ def parse_line(line: Data, registry: Registry | None = None) -> FlowEvent:
     parts = text.split()
     if len(parts) != 8:
         raise EventError(
-            "line", f"expected 8 fields ({' '.join(_PIPE_FIELDS)}), got {len(parts)}: {_show(text)}"
+            "line", f"expected 8 fields ({' '.join(_PIPE_FIELDS)}), got {len(parts)}: {show(text)}"
         )
     state, protocol, src_text, sport_text, dst_text, dport_text, exp_text, act_text = parts
     state = _STATE_WORDS.get(state) or _choice(state, STATES, "state")
@@ -533,11 +515,11 @@ def _syslog_payload(text: str) -> str:
     # HEADER = PRI VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID
     parts = text.split(" ", 6)
     if len(parts) < 7 or not _SYSLOG_PREFIX.match(parts[0]) or not all(parts[1:6]):
-        raise EventError("syslog", f"not an RFC 5424 syslog header: {_show(text[:80])}")
+        raise EventError("syslog", f"not an RFC 5424 syslog header: {show(text[:80])}")
     rest = parts[6]
     end = _skip_structured_data(rest)
     if end < 0 or (end < len(rest) and rest[end] != " "):
-        raise EventError("syslog", f"malformed structured data in syslog header: {_show(rest[:80])}")
+        raise EventError("syslog", f"malformed structured data in syslog header: {show(rest[:80])}")
     payload = rest[end + 1 :]
     return payload[1:] if payload.startswith("\ufeff") else payload
 
@@ -551,13 +533,13 @@ def _member(obj: dict[str, Any], key: str, path: str) -> Any:
 
 def _object(value: object, path: str) -> dict[str, Any]:
     if type(value) is not dict:
-        raise EventError(path, f"must be an object, got {_kind(value)}")
+        raise EventError(path, f"must be an object, got {json_kind(value)}")
     return value
 
 
 def _string(value: object, path: str) -> str:
     if type(value) is not str:
-        raise EventError(path, f"must be a string, got {_kind(value)} {_show(value)}")
+        raise EventError(path, f"must be a string, got {json_kind(value)} {show(value)}")
     return value
 
 
@@ -581,11 +563,11 @@ def parse_firefly(data: Data) -> FlowEvent:
         # Integers too long to convert, or nesting too deep for the decoder.
         raise EventError("message", f"not valid JSON: {exc}") from None
     if type(doc) is not dict:
-        raise EventError("message", f"must be a JSON object, got {_kind(doc)}")
+        raise EventError("message", f"must be a JSON object, got {json_kind(doc)}")
 
     version = _member(doc, "version", "")
     if version != 1 or type(version) is bool:
-        raise EventError("version", f"unsupported firefly version {_show(version)}, expected 1")
+        raise EventError("version", f"unsupported firefly version {show(version)}, expected 1")
 
     life = _object(_member(doc, "flow-lifecycle", ""), "flow-lifecycle")
     state = _member(life, "state", "flow-lifecycle")
@@ -632,7 +614,7 @@ def parse_firefly(data: Data) -> FlowEvent:
 def _address_in(value: object, path: str, version: int) -> IPAddress:
     address = _parse_address(_string(value, path), path)
     if address.version != version:
-        raise EventError(path, f"must be an IPv{version} address (afi is 'ipv{version}'), got {_show(value)}")
+        raise EventError(path, f"must be an IPv{version} address (afi is 'ipv{version}'), got {show(value)}")
     return address
 
 
@@ -734,7 +716,7 @@ def parse_api(obj: Mapping[str, Any] | Data, registry: Registry | None = None) -
         except (ValueError, RecursionError) as exc:
             raise EventError("event", f"not valid JSON: {exc}") from None
     if not isinstance(obj, Mapping):
-        raise EventError("event", f"must be a JSON object, got {_kind(obj)}")
+        raise EventError("event", f"must be a JSON object, got {json_kind(obj)}")
     for key in obj:
         if key not in _API_KEYS:
             raise EventError(

@@ -32,6 +32,8 @@ from __future__ import annotations
 import secrets
 from typing import NamedTuple
 
+from ._text import show
+
 __all__ = [
     "ACTIVITY_MAX",
     "ENTROPY_MAX",
@@ -80,23 +82,12 @@ def _reverse9(value: int) -> int:
 _REVERSED = tuple(_reverse9(v) for v in range(EXPERIMENT_MAX + 1))
 
 
-def _show(value: object) -> str:
-    """A short description of ``value`` for error messages."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        # repr() of a huge int is slow, and refused beyond sys.get_int_max_str_digits().
-        return repr(value) if value.bit_length() <= 64 else f"a {value.bit_length()}-bit integer"
-    try:
-        text = repr(value)
-    except Exception:  # e.g. RecursionError on deeply nested lists
-        text = "<unprintable>"
-    text = text if len(text) <= 40 else text[:37] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
 def _check(value: object, what: str, maximum: int) -> int:
     # bool is an int subclass, but True as an experiment ID is a bug, not a 1.
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise LabelError(f"{what} must be an integer 0-{maximum}, got {_show(value)}")
+        plain_int = isinstance(value, int) and not isinstance(value, bool)
+        shown = show(value, 40) if plain_int else f"{show(value, 40)} ({type(value).__name__})"
+        raise LabelError(f"{what} must be an integer 0-{maximum}, got {shown}")
     return int(value)
 
 

@@ -37,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from ._text import show
 from .label import ACTIVITY_MAX, EXPERIMENT_MAX, LabelError, check_activity, check_experiment
 
 __all__ = [
@@ -122,12 +123,12 @@ class _Index:
         if not isinstance(name_or_id, str):
             kind = type(name_or_id).__name__
             raise RegistryError(
-                f"{self.kind} must be a name or an integer ID, got {_short(name_or_id)} ({kind})"
+                f"{self.kind} must be a name or an integer ID, got {show(name_or_id)} ({kind})"
             )
         text = name_or_id.strip()
         if _is_decimal(text):
             if len(text) > 20:  # no such ID, and int() of huge digit strings is slow
-                raise UnknownNameError(f"no {self.kind} with ID {_short(text)}{scope}", ())
+                raise UnknownNameError(f"no {self.kind} with ID {show(text)}{scope}", ())
             return self.find(int(text), scope)
         entry = self.by_name.get(text) or self.by_key.get(normalise(text))
         if entry is not None:
@@ -144,7 +145,7 @@ class _Index:
             hint = "did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
         else:
             hint = "known: " + ", ".join(repr(n) for n in sorted(self.by_name, key=str.casefold))
-        return UnknownNameError(f"unknown {self.kind} {_short(name)}{scope}; {hint}", suggestions)
+        return UnknownNameError(f"unknown {self.kind} {show(name)}{scope}; {hint}", suggestions)
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,7 @@ class _Builder:
             if key in obj:
                 value = obj[key]
                 if isinstance(value, bool) or not isinstance(value, kind):
-                    raise self.fail(f"{where}.{key}", f"must be {_KIND_NAMES[kind]}, got {_short(value)}")
+                    raise self.fail(f"{where}.{key}", f"must be {_KIND_NAMES[kind]}, got {show(value)}")
                 return value
         raise self.fail(where, f"missing {keys[0]!r}")
 
@@ -396,21 +397,21 @@ class _Builder:
 
     def objects(self, value: object, where: str) -> list[dict[str, Any]]:
         if not isinstance(value, list) or not value:
-            raise self.fail(where, f"must be a non-empty array, got {_short(value)}")
+            raise self.fail(where, f"must be a non-empty array, got {show(value)}")
         for i, item in enumerate(value):
             if not isinstance(item, dict):
-                raise self.fail(f"{where}[{i}]", f"must be an object, got {_short(item)}")
+                raise self.fail(f"{where}[{i}]", f"must be an object, got {show(item)}")
         return value
 
     def registry(self, document: object) -> Registry:
         if not isinstance(document, dict):
-            raise self.fail("document", f"must be a JSON object, got {_short(document)}")
+            raise self.fail("document", f"must be a JSON object, got {show(document)}")
         version = document.get("version", 1)
         if isinstance(version, bool) or version != 1:
-            raise self.fail("version", f"unsupported registry version {_short(version)}, expected 1")
+            raise self.fail("version", f"unsupported registry version {show(version)}, expected 1")
         modified = document.get("modified")
         if modified is not None and not isinstance(modified, str):
-            raise self.fail("modified", f"must be a string, got {_short(modified)}")
+            raise self.fail("modified", f"must be a string, got {show(modified)}")
         if "experiments" not in document:
             raise self.fail("document", "missing 'experiments'")
         experiments = []
@@ -445,11 +446,3 @@ class _Builder:
 
 
 _KIND_NAMES = {int: "an integer", str: "a string"}
-
-
-def _short(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # e.g. RecursionError on deeply nested lists
-        return f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= 60 else text[:57] + "..."

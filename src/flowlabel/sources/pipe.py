@@ -30,6 +30,7 @@ import logging
 import os
 import stat
 
+from .._text import show
 from ..events import EventError, FlowEvent, parse_line
 from ..registry import Registry
 from . import EventSink
@@ -113,11 +114,6 @@ class LineAssembler:
         """Give up waiting for the pending line's newline: return it and start afresh."""
         partial, self._partial = self._partial, b""
         return partial
-
-
-def _show(line: bytes) -> str:
-    text = line[:60].decode("utf-8", "replace")
-    return repr(text + "...") if len(line) > 60 else repr(text)
 
 
 class PipeSource:
@@ -285,7 +281,7 @@ class PipeSource:
         registry = self._registry
         for line in lines:
             if len(line) > limit:
-                self._sink.reject(SOURCE, f"line longer than {limit} bytes: {_show(line)}")
+                self._sink.reject(SOURCE, f"line longer than {limit} bytes: {show(line)}")
                 continue
             try:
                 events.append(parse_line(line, registry))
@@ -293,7 +289,7 @@ class PipeSource:
                 if not line.strip():
                     continue  # blank lines are harmless
                 message = str(exc)
-                shown = _show(line)
+                shown = show(line)
                 # Some messages already quote the line.
                 where = "" if shown[1:41] in message else f" in line {shown}"
                 self._sink.reject(SOURCE, f"{message}{where}")
