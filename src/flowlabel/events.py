@@ -72,8 +72,8 @@ null for absent optional values.
 Times
 -----
 Parsers return times as timezone-aware :class:`~datetime.datetime` objects in
-UTC. Date-times must carry an offset (``Z`` or ``+hh:mm``); fractions of a second
-beyond microseconds are cut off, and leap seconds (``:60``) are not accepted.
+UTC; writers give UTC with microseconds and ``Z``. What is read, and the one
+written form, are :mod:`flowlabel.times`.
 """
 
 from __future__ import annotations
@@ -83,11 +83,12 @@ import json
 import re
 import socket
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6
 from typing import Any, Callable, NamedTuple, Union
 
+from . import times
 from ._text import json_kind, show
 from .flow import Flow, IPAddress
 from .label import ACTIVITY_MAX, EXPERIMENT_MAX, LabelError, check_activity, check_experiment
@@ -113,7 +114,6 @@ PROTOCOLS = ("tcp", "udp")
 #: What the parsers take as raw input: text, or UTF-8 encoded bytes.
 Data = Union[str, bytes, bytearray, memoryview]
 
-_UTC = timezone.utc
 _IP_TYPES = (IPv4Address, IPv6Address)
 
 
@@ -308,51 +308,19 @@ def _optional_str(value: object, field: str) -> str | None:
     raise EventError(field, f"must be a string, got {json_kind(value)} {show(value)}")
 
 
-_DATE_TIME = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))",
-    re.ASCII,
-)
-
-
-def _parse_time(text: str, field: str) -> datetime:
-    match = _DATE_TIME.fullmatch(text)
-    if match is None:
-        raise EventError(
-            field, f"must be an RFC 3339 date-time such as '2024-03-28T08:58:48.899646Z', got {show(text)}"
-        )
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
-    try:
-        parsed = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros, _UTC)
-        if not zulu and (off_h != "00" or off_m != "00"):
-            if int(off_h) > 23 or int(off_m) > 59:
-                raise ValueError("UTC offset out of range")
-            offset = timedelta(hours=int(off_h), minutes=int(off_m))
-            parsed -= offset if sign == "+" else -offset
-    except (ValueError, OverflowError) as exc:
-        raise EventError(field, f"must be a valid date-time, got {show(text)} ({exc})") from None
-    return parsed
-
-
 def _time(value: object, field: str) -> datetime:
-    if isinstance(value, str):
-        return _parse_time(value, field)
-    if isinstance(value, datetime):
-        if value.utcoffset() is None:
-            raise EventError(field, f"must be timezone-aware, got naive {show(value)}")
-        try:
-            return value.astimezone(_UTC)
-        except OverflowError:
-            raise EventError(field, f"must be representable in UTC, got {show(value)}") from None
+    try:
+        if isinstance(value, str):
+            return times.parse(value)
+        if isinstance(value, datetime):
+            return times.in_utc(value)
+    except times.TimeError as exc:
+        raise EventError(field, str(exc)) from None
     raise EventError(field, f"must be a date-time string, got {json_kind(value)} {show(value)}")
 
 
 def _optional_time(value: object, field: str) -> datetime | None:
     return None if value is None else _time(value, field)
-
-
-def _format_time(value: datetime) -> str:
-    return value.astimezone(_UTC).isoformat(timespec="microseconds")
 
 
 def _resolve(
@@ -573,14 +541,14 @@ def parse_firefly(data: Data) -> FlowEvent:
     state = _member(life, "state", "flow-lifecycle")
     if type(state) is not str or state not in _STATE_WORDS:
         state = _choice(state, STATES, "flow-lifecycle.state")
-    start_time = _parse_time(
+    start_time = _time(
         _string(_member(life, "start-time", "flow-lifecycle"), "flow-lifecycle.start-time"),
         "flow-lifecycle.start-time",
     )
     end_time: datetime | None = None
     if "end-time" in life:
         path = "flow-lifecycle.end-time"
-        end_time = _parse_time(_string(life["end-time"], path), path)
+        end_time = _time(_string(life["end-time"], path), path)
     elif state == "end":
         raise EventError("flow-lifecycle.end-time", "required member missing (state is 'end')")
     if "current-time" in life:
@@ -659,14 +627,14 @@ def format_firefly(
     for field, port in (("sport", event.sport), ("dport", event.dport)):
         if port == 0:
             raise EventError(field, "a firefly needs ports 1-65535, got 0")
-    when = _time(now, "now") if now is not None else datetime.now(_UTC)
-    current = _format_time(when)
+    when = _time(now, "now") if now is not None else times.now()
+    current = times.format_time(when)
     lifecycle: dict[str, Any] = {
         "state": event.state,
-        "start-time": _format_time(event.start_time) if event.start_time is not None else current,
+        "start-time": times.format_time(event.start_time) if event.start_time is not None else current,
     }
     if event.end_time is not None:
-        lifecycle["end-time"] = _format_time(event.end_time)
+        lifecycle["end-time"] = times.format_time(event.end_time)
     elif event.state == "end":
         lifecycle["end-time"] = current
     lifecycle["current-time"] = current
@@ -764,7 +732,7 @@ def format_api(event: FlowEvent) -> dict[str, Any]:
         "dst_port": event.dport,
         "experiment": event.experiment,
         "activity": event.activity,
-        "start_time": None if event.start_time is None else _format_time(event.start_time),
-        "end_time": None if event.end_time is None else _format_time(event.end_time),
+        "start_time": None if event.start_time is None else times.format_time(event.start_time),
+        "end_time": None if event.end_time is None else times.format_time(event.end_time),
         "application": event.application,
     }

@@ -36,10 +36,11 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from socket import AF_INET6, inet_ntop
 from typing import Any, Callable, NamedTuple
 
+from . import times
 from .events import FlowEvent
 from .flow import Flow, IPAddress
 from .label import decode, encode
@@ -117,7 +118,7 @@ class FlowRecord(NamedTuple):
             "experiment": self.experiment,
             "activity": self.activity,
             "label": self.label,
-            "start_time": _format_time(self.start_time),
+            "start_time": None if self.start_time is None else times.format_time(self.start_time),
             "application": self.application,
             "source": self.source,
         }
@@ -175,7 +176,7 @@ class FlowTable:
                 event.experiment,
                 event.activity,
                 self._draw(event.experiment, event.activity),
-                event.start_time or datetime.now(timezone.utc),
+                event.start_time or times.now(),
                 event.application,
                 source,
             )
@@ -215,14 +216,6 @@ class StateFileError(ValueError):
     """The state file cannot be read."""
 
 
-def _format_time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.utcoffset():
-        value = value.astimezone(timezone.utc)
-    return value.isoformat().replace("+00:00", "Z")
-
-
 def _address(value: IPAddress) -> str:
     # inet_ntop is about ten times faster than str() of an ipaddress object.
     if value.version == 6:
@@ -230,15 +223,12 @@ def _address(value: IPAddress) -> str:
     return str(value)
 
 
-def _parse_time(value: object) -> datetime | None:
+def _start_time(value: object) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"start_time must be a string or null, got {value!r}")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"start_time has no UTC offset: {value!r}")
-    return parsed
+    return times.parse(value)
 
 
 def _row(record: FlowRecord) -> list[Any]:
@@ -252,7 +242,7 @@ def _row(record: FlowRecord) -> list[Any]:
         record.experiment,
         record.activity,
         record.label,
-        _format_time(record.start_time),
+        None if record.start_time is None else times.format_time(record.start_time),
         record.application,
         record.source,
     ]
@@ -272,7 +262,7 @@ def _record(row: object) -> FlowRecord:
         raise ValueError("application must be a string or null")
     if not isinstance(source, str):
         raise ValueError("source must be a string")
-    return FlowRecord(flow, experiment, activity, label, _parse_time(start), application, source)
+    return FlowRecord(flow, experiment, activity, label, _start_time(start), application, source)
 
 
 class StateWriter:
@@ -288,7 +278,7 @@ class StateWriter:
         self.count = 0
         self._tmp = path + ".tmp"
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        saved = _format_time(datetime.now(timezone.utc))
+        saved = times.format_time(times.now())
         head = {"version": STATE_VERSION, "saved": saved, "journal": journal, "columns": COLUMNS}
         # The document is written by hand from here on, so "flows" must be its last member.
         self._write(json.dumps(head, separators=(",", ":"))[:-1] + ',"flows":[')

@@ -623,9 +623,9 @@ def test_format_firefly_bare() -> None:
         "version": 1,
         "flow-lifecycle": {
             "state": "end",
-            "start-time": "2024-03-28T08:58:48.899512+00:00",
-            "end-time": "2024-03-28T09:12:03.017103+00:00",
-            "current-time": "2024-03-28T09:00:00.123456+00:00",
+            "start-time": "2024-03-28T08:58:48.899512Z",
+            "end-time": "2024-03-28T09:12:03.017103Z",
+            "current-time": "2024-03-28T09:00:00.123456Z",
         },
         "flow-id": {
             "afi": "ipv6",
@@ -643,7 +643,7 @@ def test_format_firefly_syslog() -> None:
     event = SAMPLES["dcache start, bare, IPv4"][1]
     data = format_firefly(event, syslog=True, hostname="dcache-pool.example.org", appname="dcache", now=NOW)
     header, _, payload = data.decode().partition(" {")
-    assert header == "<134>1 2024-03-28T09:00:00.123456+00:00 dcache-pool.example.org dcache - firefly-json -"
+    assert header == "<134>1 2024-03-28T09:00:00.123456Z dcache-pool.example.org dcache - firefly-json -"
     assert json.loads("{" + payload)["flow-id"]["afi"] == "ipv4"
     assert parse_firefly(data) == event
     default = format_firefly(event, syslog=True, now=NOW).decode()
@@ -653,7 +653,7 @@ def test_format_firefly_syslog() -> None:
 def test_format_firefly_fills_missing_times_with_now() -> None:
     event = parse_line("end tcp ::1 1 ::2 2 2 15")
     doc = json.loads(format_firefly(event, now=NOW))
-    assert doc["flow-lifecycle"]["start-time"] == doc["flow-lifecycle"]["end-time"] == NOW.isoformat()
+    assert doc["flow-lifecycle"]["start-time"] == doc["flow-lifecycle"]["end-time"] == "2024-03-28T09:00:00.123456Z"
     start = json.loads(format_firefly(parse_line("start tcp ::1 1 ::2 2 2 15"), now=NOW))
     assert "end-time" not in start["flow-lifecycle"]
     assert "application" not in start["context"]
@@ -781,8 +781,8 @@ def test_format_api() -> None:
         "dst_port": 33811,
         "experiment": 5,
         "activity": 10,
-        "start_time": "2024-03-28T08:58:49.200001+00:00",
-        "end_time": "2024-03-28T09:01:07.612001+00:00",
+        "start_time": "2024-03-28T08:58:49.200001Z",
+        "end_time": "2024-03-28T09:01:07.612001Z",
         "application": None,
     }
 
