@@ -92,7 +92,7 @@ from . import times
 from ._text import json_kind, show
 from .flow import Flow, IPAddress
 from .label import ACTIVITY_MAX, EXPERIMENT_MAX, LabelError, check_activity, check_experiment
-from .registry import Registry, RegistryError
+from .registry import Registry, RegistryError, as_id
 
 __all__ = [
     "PROTOCOLS",
@@ -327,41 +327,25 @@ def _resolve(
     experiment: object, activity: object, registry: Registry | None, fields: tuple[str, str]
 ) -> tuple[int, int]:
     """Experiment and activity IDs from IDs, decimal strings or (with a registry) names."""
-    exp_field, act_field = fields
-    exp_id = _id_or_none(experiment, exp_field, EXPERIMENT_MAX)
-    act_id = _id_or_none(activity, act_field, ACTIVITY_MAX)
-    if exp_id is not None and act_id is not None:
-        return exp_id, act_id
-    if registry is None:
-        field, high = (exp_field, EXPERIMENT_MAX) if exp_id is None else (act_field, ACTIVITY_MAX)
-        value = experiment if exp_id is None else activity
-        raise EventError(field, f"must be an integer 0-{high} (names need a registry), got {show(value)}")
-    try:
-        exp = registry.experiment(exp_id if exp_id is not None else str(experiment))
-    except RegistryError as exc:
-        if exp_id is None:
-            raise EventError(exp_field, str(exc)) from None
-        reason = f"activity names need experiment {exp_id} in the registry: {exc}"
-        raise EventError(act_field, reason) from None
-    if act_id is None:
+    ids = []
+    for value, field, check, high in ((experiment, fields[0], check_experiment, EXPERIMENT_MAX),
+                                      (activity, fields[1], check_activity, ACTIVITY_MAX)):
         try:
-            act_id = exp.activity(str(activity)).id
-        except RegistryError as exc:
-            raise EventError(act_field, str(exc)) from None
-    return exp.id, act_id
-
-
-def _id_or_none(value: object, field: str, high: int) -> int | None:
-    """``value`` as an ID if it is an integer or decimal string, None if it is another string."""
-    if isinstance(value, str):
-        if not (value.isascii() and value.isdigit()):
-            if value.strip():
-                return None
-            raise EventError(field, f"must be an integer 0-{high} or a name, got {show(value)}")
-        if len(value) > 10:
-            raise EventError(field, f"must be an integer 0-{high}, got {show(value)}")
-        value = int(value)
-    return _checked(check_experiment if high == EXPERIMENT_MAX else check_activity, value, field, high)
+            ident = as_id(value, check, field)
+        except RegistryError:
+            raise EventError(field, f"must be an integer 0-{high} or a name, got {show(value)}") from None
+        if ident is None and registry is None:
+            raise EventError(field, f"must be an integer 0-{high} (names need a registry), got {show(value)}")
+        ids.append(ident)
+    if ids[0] is not None and ids[1] is not None:
+        return ids[0], ids[1]
+    assert registry is not None
+    # A value that is not an ID is a string: as_id gave None for a name.
+    names: list[str | int] = [str(v) if i is None else i for v, i in zip((experiment, activity), ids)]
+    try:
+        return registry.resolve(*names)
+    except RegistryError as exc:
+        raise EventError(fields[1] if exc.part == "activity" else fields[0], str(exc)) from None
 
 
 # -- named-pipe lines ------------------------------------------------------------------------

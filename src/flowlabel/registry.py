@@ -64,7 +64,15 @@ _SEPARATORS = re.compile(r"[\s_\-]+")
 
 
 class RegistryError(ValueError):
-    """The registry could not be loaded, or a lookup in it failed."""
+    """The registry could not be loaded, or a lookup in it failed.
+
+    ``part`` says which value a failed lookup was about: ``"experiment"`` or
+    ``"activity"`` (None for a registry that cannot be loaded).
+    """
+
+    def __init__(self, message: str, part: str | None = None) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 class UnknownNameError(RegistryError, LookupError):
@@ -73,8 +81,8 @@ class UnknownNameError(RegistryError, LookupError):
     ``suggestions`` holds the closest known names, best first (may be empty).
     """
 
-    def __init__(self, message: str, suggestions: Sequence[str] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, suggestions: Sequence[str] = (), part: str | None = None) -> None:
+        super().__init__(message, part)
         self.suggestions = tuple(suggestions)
 
 
@@ -118,17 +126,17 @@ class _Index:
         if isinstance(name_or_id, int) and not isinstance(name_or_id, bool):
             entry = self.by_id.get(name_or_id)
             if entry is None:
-                raise UnknownNameError(f"no {self.kind} with ID {name_or_id}{scope}", ())
+                raise UnknownNameError(f"no {self.kind} with ID {name_or_id}{scope}", (), self.kind)
             return entry
         if not isinstance(name_or_id, str):
             kind = type(name_or_id).__name__
             raise RegistryError(
-                f"{self.kind} must be a name or an integer ID, got {show(name_or_id)} ({kind})"
+                f"{self.kind} must be a name or an integer ID, got {show(name_or_id)} ({kind})", self.kind
             )
         text = name_or_id.strip()
         if _is_decimal(text):
             if len(text) > 20:  # no such ID, and int() of huge digit strings is slow
-                raise UnknownNameError(f"no {self.kind} with ID {show(text)}{scope}", ())
+                raise UnknownNameError(f"no {self.kind} with ID {show(text)}{scope}", (), self.kind)
             return self.find(int(text), scope)
         entry = self.by_name.get(text) or self.by_key.get(normalise(text))
         if entry is not None:
@@ -145,7 +153,7 @@ class _Index:
             hint = "did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
         else:
             hint = "known: " + ", ".join(repr(n) for n in sorted(self.by_name, key=str.casefold))
-        return UnknownNameError(f"unknown {self.kind} {show(name)}{scope}; {hint}", suggestions)
+        return UnknownNameError(f"unknown {self.kind} {show(name)}{scope}; {hint}", suggestions, self.kind)
 
 
 @dataclass(frozen=True)
@@ -217,15 +225,19 @@ class Registry:
         copy of the registry predates. An activity *name* needs its experiment
         in the registry, whether that is given by name or ID.
         """
-        exp_id = _as_id(experiment, check_experiment)
+        exp_id = as_id(experiment, check_experiment, "experiment")
         exp: Experiment | None = None
         if exp_id is None:
             exp = self.experiment(experiment)
             exp_id = exp.id
-        act_id = _as_id(activity, check_activity)
+        act_id = as_id(activity, check_activity, "activity")
         if act_id is None:
             if exp is None:
-                exp = self.experiment(exp_id)
+                try:
+                    exp = self.experiment(exp_id)
+                except RegistryError as exc:
+                    raise UnknownNameError(f"activity names need experiment {exp_id} in the registry: {exc}",
+                                           (), "activity") from None
             act_id = exp.activity(activity).id
         return exp_id, act_id
 
@@ -334,8 +346,11 @@ class Registry:
         return cls.from_file(source)
 
 
-def _as_id(value: object, check: Callable[[object], int]) -> int | None:
-    """The ID ``value`` stands for, or None if it is a name."""
+def as_id(value: object, check: Callable[[object], int], part: str) -> int | None:
+    """The ID ``value`` (an integer or a decimal string) stands for, or None if it is a name.
+
+    ``check`` is the label's range check for ``part`` ("experiment" or "activity").
+    """
     if isinstance(value, str):
         text = value.strip()
         if not _is_decimal(text):
@@ -345,7 +360,7 @@ def _as_id(value: object, check: Callable[[object], int]) -> int | None:
     try:
         return check(value)
     except LabelError as exc:
-        raise RegistryError(str(exc)) from None
+        raise RegistryError(str(exc), part) from None
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
