@@ -28,10 +28,10 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import __version__
-from .backends.prometheus import Family, Metrics
 from .config import Config
 from .events import FlowEvent
 from .flow import Flow
+from .metrics import Family, Metrics
 from .registry import Registry
 from .state import (
     ENDED,

@@ -653,7 +653,8 @@ def test_format_firefly_syslog() -> None:
 def test_format_firefly_fills_missing_times_with_now() -> None:
     event = parse_line("end tcp ::1 1 ::2 2 2 15")
     doc = json.loads(format_firefly(event, now=NOW))
-    assert doc["flow-lifecycle"]["start-time"] == doc["flow-lifecycle"]["end-time"] == "2024-03-28T09:00:00.123456Z"
+    life = doc["flow-lifecycle"]
+    assert life["start-time"] == life["end-time"] == "2024-03-28T09:00:00.123456Z"
     start = json.loads(format_firefly(parse_line("start tcp ::1 1 ::2 2 2 15"), now=NOW))
     assert "end-time" not in start["flow-lifecycle"]
     assert "application" not in start["context"]

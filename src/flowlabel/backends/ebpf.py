@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from ..config import Ebpf
 from ..errors import InterfaceError, MapFullError, MarkerError
 from ..flow import Flow
+from ..metrics import Family
 from ..state import ENDED, Change, FlowRecord
-from .prometheus import Family
 
 if TYPE_CHECKING:
     from ..marker import Marker

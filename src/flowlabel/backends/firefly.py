@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterable
-from datetime import datetime, timezone
 
+from .. import times
 from ..config import FireflySender
 from ..events import EventError, FlowEvent, format_firefly
+from ..metrics import Family
 from ..state import ENDED, IPV4, STARTED, Change
-from .prometheus import Family
 
 __all__ = ["FireflyBackend"]
 
@@ -57,7 +57,7 @@ class FireflyBackend:
             elif outcome == ENDED and change.record is not None:
                 # The end message carries what the flow was started with.
                 record = change.record
-                end = event.end_time or datetime.now(timezone.utc)
+                end = event.end_time or times.now()
                 self.send(event._replace(experiment=record.experiment, activity=record.activity,
                                          start_time=record.start_time, end_time=end))
             elif outcome == IPV4 and event.state in ("start", "end"):

@@ -26,15 +26,15 @@ from typing import Any, Protocol
 
 from .. import __version__
 from ..events import EventError, FlowEvent, format_api, parse_api
+from ..httpd import Handler, HTTPServer, Request, Response, error_response, json_response
+from ..metrics import metrics_route
 from ..registry import Registry
 from ..state import STARTED, Change, FlowRecord
 from . import EventSink
-from .http import HTTPServer, Request, Response, error_response, json_response
 
 __all__ = ["ApiSource", "DaemonView"]
 
 SOURCE = "api"
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class DaemonView(EventSink, Protocol):
@@ -52,15 +52,6 @@ def _result(change: Change) -> dict[str, Any]:
     return {"outcome": change.outcome, "flow": flow}
 
 
-def metrics_route(render: Any) -> dict[str, Any]:
-    """The ``/metrics`` route, shared with the Prometheus backend's own listener."""
-
-    def metrics(request: Request) -> Response:
-        return Response(200, render().encode(), PROMETHEUS_TEXT)
-
-    return {"GET": metrics}
-
-
 class ApiSource:
     """The HTTP API on ``address``:``port`` (``port`` 0 picks a free one)."""
 
@@ -70,7 +61,7 @@ class ApiSource:
         self._daemon = daemon
         self._registry = registry
         self._started = time.monotonic()
-        routes = {
+        routes: dict[str, dict[str, Handler]] = {
             "/": {"GET": self._root},
             "/health": {"GET": self._health},
             "/metrics": metrics_route(daemon.metrics_text),
