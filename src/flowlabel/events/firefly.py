@@ -1,0 +1,268 @@
+"""The firefly: the SciTags firefly message, version 1.
+
+The JSON object of the published firefly schema, bare or behind an RFC 5424
+syslog header such as
+``<134>1 2024-03-28T08:58:48.899646+00:00 host xrootd - firefly-json - {...}``
+(any structured data and a byte order mark before the JSON are skipped).
+Members the schema requires must be present and well typed; ``afi`` must match
+the addresses, ports must be 1-65535 and an ``end`` message needs
+``end-time``. Experiment and activity IDs must also fit the flow label (0-511,
+0-63), which the schema does not demand. Errors name the member by its JSON
+path, e.g. ``flow-lifecycle.state``.
+
+Parsing is lenient where that loses nothing: members this package does not use
+(``usage``, ``netlink``, unknown ones at any level) are ignored, ``current-time``
+only has to be a string, the words of ``state``, ``afi`` and ``protocol`` may
+be in any case, and trailing white space or NUL bytes are dropped. See
+:func:`parse_firefly` and :func:`format_firefly`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from datetime import datetime
+from typing import Any
+
+from .. import times
+from .._text import json_kind, show
+from ..flow import IPAddress
+from .event import (
+    PROTOCOL_WORDS,
+    PROTOCOLS,
+    STATE_WORDS,
+    STATES,
+    Data,
+    EventError,
+    FlowEvent,
+    activity_id,
+    choice,
+    date_time,
+    decode_text,
+    experiment_id,
+    integer,
+    integral,
+    new_event,
+    parse_address,
+)
+
+__all__ = ["format_firefly", "parse_firefly"]
+
+
+_SYSLOG_PREFIX = re.compile(r"<\d{1,3}>\d{1,2}\Z", re.ASCII)
+_HEADER_TOKEN = re.compile(r"[!-~]+\Z", re.ASCII)  # RFC 5424 PRINTUSASCII
+_AFI_VERSION = {"ipv4": 4, "ipv6": 6}
+_JSON_DECODE = json.JSONDecoder().decode
+
+
+def _skip_structured_data(text: str) -> int:
+    """Index just past the RFC 5424 STRUCTURED-DATA at the start of ``text``, or -1."""
+    if text.startswith("-"):
+        return 1
+    i = 0
+    n = len(text)
+    while i < n and text[i] == "[":
+        i += 1
+        in_quotes = False
+        while i < n:
+            ch = text[i]
+            if in_quotes:
+                if ch == "\\":
+                    i += 1
+                elif ch == '"':
+                    in_quotes = False
+            elif ch == '"':
+                in_quotes = True
+            elif ch == "]":
+                break
+            i += 1
+        if i >= n:
+            return -1
+        i += 1
+    return i if i > 0 else -1
+
+
+def _syslog_payload(text: str) -> str:
+    """The MSG part of an RFC 5424 syslog message."""
+    # HEADER = PRI VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID
+    parts = text.split(" ", 6)
+    if len(parts) < 7 or not _SYSLOG_PREFIX.match(parts[0]) or not all(parts[1:6]):
+        raise EventError("syslog", f"not an RFC 5424 syslog header: {show(text[:80])}")
+    rest = parts[6]
+    end = _skip_structured_data(rest)
+    if end < 0 or (end < len(rest) and rest[end] != " "):
+        raise EventError("syslog", f"malformed structured data in syslog header: {show(rest[:80])}")
+    payload = rest[end + 1 :]
+    return payload[1:] if payload.startswith("\ufeff") else payload
+
+
+def _member(obj: dict[str, Any], key: str, path: str) -> Any:
+    try:
+        return obj[key]
+    except KeyError:
+        raise EventError(f"{path}.{key}" if path else key, "required member missing") from None
+
+
+def _object(value: object, path: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise EventError(path, f"must be an object, got {json_kind(value)}")
+    return value
+
+
+def _string(value: object, path: str) -> str:
+    if type(value) is not str:
+        raise EventError(path, f"must be a string, got {json_kind(value)} {show(value)}")
+    return value
+
+
+def parse_firefly(data: Data) -> FlowEvent:
+    """Parse a firefly message, bare JSON or behind an RFC 5424 syslog header.
+
+    The event's ``start_time`` is always set; ``end_time`` is set when the
+    message has one (always for ``end`` messages).
+    """
+    text = data if type(data) is str else decode_text(data, "message")
+    if text.startswith("<"):
+        text = _syslog_payload(text)
+    if text.endswith("\x00"):
+        # Some C senders count the string terminator into the datagram.
+        text = text.rstrip("\x00")
+    try:
+        doc = _JSON_DECODE(text)
+    except json.JSONDecodeError as exc:
+        raise EventError("message", f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:
+        # Integers too long to convert, or nesting too deep for the decoder.
+        raise EventError("message", f"not valid JSON: {exc}") from None
+    if type(doc) is not dict:
+        raise EventError("message", f"must be a JSON object, got {json_kind(doc)}")
+
+    version = _member(doc, "version", "")
+    if version != 1 or type(version) is bool:
+        raise EventError("version", f"unsupported firefly version {show(version)}, expected 1")
+
+    life = _object(_member(doc, "flow-lifecycle", ""), "flow-lifecycle")
+    state = _member(life, "state", "flow-lifecycle")
+    if type(state) is not str or state not in STATE_WORDS:
+        state = choice(state, STATES, "flow-lifecycle.state")
+    start_time = date_time(
+        _string(_member(life, "start-time", "flow-lifecycle"), "flow-lifecycle.start-time"),
+        "flow-lifecycle.start-time",
+    )
+    end_time: datetime | None = None
+    if "end-time" in life:
+        path = "flow-lifecycle.end-time"
+        end_time = date_time(_string(life["end-time"], path), path)
+    elif state == "end":
+        raise EventError("flow-lifecycle.end-time", "required member missing (state is 'end')")
+    if "current-time" in life:
+        _string(life["current-time"], "flow-lifecycle.current-time")
+
+    fid = _object(_member(doc, "flow-id", ""), "flow-id")
+    afi = _member(fid, "afi", "flow-id")
+    version_wanted = _AFI_VERSION.get(afi) if type(afi) is str else None
+    if version_wanted is None:
+        afi = choice(afi, ("ipv4", "ipv6"), "flow-id.afi")
+        version_wanted = _AFI_VERSION[afi]
+    src = _address_in(_member(fid, "src-ip", "flow-id"), "flow-id.src-ip", version_wanted)
+    dst = _address_in(_member(fid, "dst-ip", "flow-id"), "flow-id.dst-ip", version_wanted)
+    protocol = _member(fid, "protocol", "flow-id")
+    if type(protocol) is not str or protocol not in PROTOCOL_WORDS:
+        protocol = choice(protocol, PROTOCOLS, "flow-id.protocol")
+    sport = integer(integral(_member(fid, "src-port", "flow-id")), "flow-id.src-port", 1, 65535)
+    dport = integer(integral(_member(fid, "dst-port", "flow-id")), "flow-id.dst-port", 1, 65535)
+
+    ctx = _object(_member(doc, "context", ""), "context")
+    experiment = experiment_id(integral(_member(ctx, "experiment-id", "context")), "context.experiment-id")
+    activity = activity_id(integral(_member(ctx, "activity-id", "context")), "context.activity-id")
+    application = None
+    if "application" in ctx:
+        application = _string(ctx["application"], "context.application")
+    return new_event(
+        (state, protocol, src, dst, sport, dport, experiment, activity, start_time, end_time, application)
+    )
+
+
+def _address_in(value: object, path: str, version: int) -> IPAddress:
+    address = parse_address(_string(value, path), path)
+    if address.version != version:
+        raise EventError(path, f"must be an IPv{version} address (afi is 'ipv{version}'), got {show(value)}")
+    return address
+
+
+_HOSTNAME: str | None = None
+
+
+def _default_hostname() -> str:
+    global _HOSTNAME
+    if _HOSTNAME is None:
+        name = socket.gethostname()
+        _HOSTNAME = name if _HEADER_TOKEN.match(name) and len(name) <= 255 else "-"
+    return _HOSTNAME
+
+
+def _header_token(value: str, what: str, limit: int) -> str:
+    if not _HEADER_TOKEN.match(value) or len(value) > limit:
+        raise ValueError(
+            f"syslog {what} must be 1-{limit} printable ASCII characters without spaces, got {value!r}"
+        )
+    return value
+
+
+def format_firefly(
+    event: FlowEvent,
+    *,
+    syslog: bool = False,
+    hostname: str | None = None,
+    appname: str = "flowlabel",
+    now: datetime | None = None,
+) -> bytes:
+    """Write ``event`` as a firefly message (UTF-8 JSON), optionally behind a syslog header.
+
+    ``now`` (default: the current time) is written as ``current-time`` and is
+    used for the syslog timestamp. The schema requires ``start-time``, and
+    ``end-time`` for ``end`` messages; when the event lacks them, ``now`` stands
+    in. The schema allows only ports 1-65535, so port 0 raises
+    :class:`EventError`. ``hostname`` defaults to this host's name;
+    ``hostname`` and ``appname`` must be valid RFC 5424 header fields
+    (``ValueError`` otherwise).
+    """
+    event = event.validate()
+    for field, port in (("sport", event.sport), ("dport", event.dport)):
+        if port == 0:
+            raise EventError(field, "a firefly needs ports 1-65535, got 0")
+    when = date_time(now, "now") if now is not None else times.now()
+    current = times.format_time(when)
+    lifecycle: dict[str, Any] = {
+        "state": event.state,
+        "start-time": times.format_time(event.start_time) if event.start_time is not None else current,
+    }
+    if event.end_time is not None:
+        lifecycle["end-time"] = times.format_time(event.end_time)
+    elif event.state == "end":
+        lifecycle["end-time"] = current
+    lifecycle["current-time"] = current
+    context: dict[str, Any] = {"experiment-id": event.experiment, "activity-id": event.activity}
+    if event.application is not None:
+        context["application"] = event.application
+    message = {
+        "version": 1,
+        "flow-lifecycle": lifecycle,
+        "flow-id": {
+            "afi": f"ipv{event.src.version}",
+            "src-ip": str(event.src),
+            "dst-ip": str(event.dst),
+            "protocol": event.protocol,
+            "src-port": event.sport,
+            "dst-port": event.dport,
+        },
+        "context": context,
+    }
+    payload = json.dumps(message, separators=(",", ":"))
+    if not syslog:
+        return payload.encode("ascii")
+    host = _default_hostname() if hostname is None else _header_token(hostname, "hostname", 255)
+    app = _header_token(appname, "appname", 48)
+    # PRI 134 is facility local0, severity informational, as the other senders use.
+    return f"<134>1 {current} {host} {app} - firefly-json - {payload}".encode("ascii")
