@@ -8,9 +8,11 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+from .defaults import API_URL
+
 __all__ = ["DEFAULT_URL", "ApiClient", "ApiError"]
 
-DEFAULT_URL = "http://127.0.0.1:7777"
+DEFAULT_URL = API_URL
 
 
 class ApiError(Exception):

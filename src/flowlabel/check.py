@@ -90,7 +90,9 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         raise CheckFailed(f"this is {sys.platform}, not Linux: the marker needs a Linux kernel with eBPF")
     row("kernel", platform.release())
 
-    from . import marker
+    from .bpf.ext import bundled_object, libbpf_version
+    from .bpf.features import kernel_features, memlock_advice, memlock_limit
+    from .bpf.program import Program
 
     have = effective_capabilities()
     if kernel_knows_cap_bpf():
@@ -100,7 +102,7 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         row("capabilities", f"CAP_SYS_ADMIN {admin['CAP_SYS_ADMIN']}, CAP_NET_ADMIN {admin['CAP_NET_ADMIN']} "
             f"({lacks(FEATURE['CAP_BPF'], ': CAP_SYS_ADMIN stands for them')})")
     try:
-        row("libbpf", marker.libbpf_version())
+        row("libbpf", libbpf_version())
     except MarkerError as exc:
         raise CheckFailed(str(exc)) from exc
     missing = missing_capabilities(have)
@@ -108,9 +110,9 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         raise CheckFailed(f"missing {', '.join(missing)}: run as root or grant these capabilities")
 
     problems: list[str] = []
-    probes = marker.kernel_features()
+    probes = kernel_features()
     charged = probes.memlock_charged
-    row("memlock", f"charged to RLIMIT_MEMLOCK (limit {marker.memlock_limit()}); {lacks(FEATURE['memlock'])}"
+    row("memlock", f"charged to RLIMIT_MEMLOCK (limit {memlock_limit()}); {lacks(FEATURE['memlock'])}"
         if charged else "not charged: BPF memory counts against the memory cgroup")
     for name, err in (("mmap arrays", probes.mmapable_array), ("batch ops", probes.batch_ops)):
         if err == 0:
@@ -118,7 +120,7 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         elif err == -errno.EPERM:
             # Refused, which says nothing about the feature itself.
             row(name, "not probed: the kernel refused to create a map (operation not permitted)")
-            problems.append(marker.memlock_advice() if charged else
+            problems.append(memlock_advice() if charged else
                             "the kernel refused to create a BPF map: run as root or grant "
                             f"{', '.join(NEEDED)}")
         else:
@@ -126,14 +128,14 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
             problems.append(lacks(FEATURE[name], f": flowlabel needs Linux {MINIMUM_KERNEL} or newer"))
     row("attach", "TCX links" if probes.tcx
         else f"tc: a clsact qdisc and a cls_bpf filter ({lacks(FEATURE['TCX'])})")
-    path = object_path or str(marker.bundled_object())
+    path = object_path or str(bundled_object())
     row("object", path)
     if problems:
         raise CheckFailed(problems[0])
 
     started = time.perf_counter()
     try:
-        with marker.Program(object_path) as prog:
+        with Program(object_path) as prog:
             elapsed = (time.perf_counter() - started) * 1000
             info = prog.info()
     except VerifierError as exc:

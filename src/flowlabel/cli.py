@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .defaults import API_URL, LOG_LEVELS
 
 if TYPE_CHECKING:
     from .api_client import ApiClient
     from .config import Config
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Failure(Exception):
@@ -48,7 +47,7 @@ def _flow_arguments(parser: argparse.ArgumentParser, *, ids_required: bool) -> N
 def _api_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api", metavar="URL",
-        help="the daemon's API (default: plugins.api of --config, else http://127.0.0.1:7777)",
+        help=f"the daemon's API (default: plugins.api of --config, else {API_URL})",
     )
 
 

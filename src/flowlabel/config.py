@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from ._text import show_json
+from .defaults import API_PORT, ATTACH_MODES, FIREFLY_PORT, LOG_LEVELS, MAX_FLOWS, MAX_FLOWS_LIMIT
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -47,9 +48,6 @@ __all__ = [
     "parse",
 ]
 
-ATTACH_MODES = ("auto", "tcx", "tc")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-MAX_FLOWS_LIMIT = 1 << 24
 
 
 class ConfigError(ValueError):
@@ -152,7 +150,7 @@ class Api:
     """``plugins.api``: the HTTP API (flows, health, metrics)."""
 
     bind_address: str = _opt("127.0.0.1", _address)
-    bind_port: int = _opt(7777, _port)
+    bind_port: int = _opt(API_PORT, _port)
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ class FireflyListener:
     """``plugins.firefly``: fireflies received on a UDP port."""
 
     bind_address: str = _opt("127.0.0.1", _address)
-    bind_port: int = _opt(10514, _port)
+    bind_port: int = _opt(FIREFLY_PORT, _port)
     #: The largest datagram accepted, in bytes; larger ones are rejected and counted.
     buffer_size: int = _opt(4096, _range(512, 65507))
     #: Accepted for flowd-go compatibility: bare and syslog-prefixed fireflies are both understood.
@@ -181,7 +179,7 @@ class Ebpf:
     #: A BPF object to load instead of the one in the package ("" means the packaged one).
     program_path: Optional[str] = _opt(None)
     attach_mode: str = _opt("auto", _one_of(*ATTACH_MODES))
-    max_flows: int = _opt(131072, _range(1, MAX_FLOWS_LIMIT))
+    max_flows: int = _opt(MAX_FLOWS, _range(1, MAX_FLOWS_LIMIT))
     debug_mode: bool = _opt(False)
     marking_strategy: str = _opt("flowLabel", _marking)
 
@@ -205,7 +203,7 @@ class Ebpf:
 class FireflySender:
     """``backends.firefly``: a firefly for every flow start and end."""
 
-    firefly_destination_port: int = _opt(10514, _peer_port)
+    firefly_destination_port: int = _opt(FIREFLY_PORT, _peer_port)
     prepend_syslog: bool = _opt(False)
     #: Send every firefly here instead of to the flow's destination address.
     collector_address: Optional[str] = _opt(None, _optional_address)

@@ -16,6 +16,8 @@ import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, NamedTuple, TypeVar
 
 from .errors import InterfaceError
@@ -192,3 +194,36 @@ def egress_filter_program(ifindex: int, handle: int, priority: int) -> str | Non
             name = options.get_attr("TCA_BPF_NAME") if options else None
             return str(name).split(":[")[0] if name else ""
     return None
+
+
+class NetnsHome:
+    """The network namespace a Marker was made in, to return to for netlink work.
+
+    Interface names, indexes and addresses are per namespace, and a thread can
+    change namespace; the Marker's own interface and address look-ups always
+    happen in its home namespace.
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.inode = os.fstat(self.fd).st_ino
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        if os.stat("/proc/thread-self/ns/net").st_ino == self.inode:
+            yield
+            return
+        current = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            enter_netns(self.fd)
+            try:
+                yield
+            finally:
+                enter_netns(current)
+        finally:
+            os.close(current)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

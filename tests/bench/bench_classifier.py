@@ -72,9 +72,11 @@ def tcp_frame(dport: int) -> bytes:
 
 def unknown_port(program: Program, filter_set: bool) -> int:
     """A destination port of no flow in the map whose filter bit is set (or clear)."""
+    flows = program.flows
+    assert flows is not None
     for dport in range(DPORT + 1, 1 << 16):
-        key = program.key(packets.IPPROTO_TCP, SRC, DST, SPORT, dport)
-        if program.get_label(key) is None and program.filter_has(program.filter_slot(key)) == filter_set:
+        key = flows.key(packets.IPPROTO_TCP, SRC, DST, SPORT, dport)
+        if flows.get(key) is None and flows.filter_has(flows.filter_slot(key)) == filter_set:
             return dport
     raise SystemExit(f"no port with the filter bit {'set' if filter_set else 'clear'}; change --flows")
 
@@ -138,11 +140,11 @@ def baseline_object(marker: Path, workdir: Path) -> Path:
 
 def fill(program: Program, count: int, rng: random.Random) -> None:
     """``count`` flows in the map, the hit frame's among them."""
-    program.set_label(program.key(packets.IPPROTO_TCP, SRC, DST, SPORT, DPORT), 0x12345)
+    program.flows.put(program.flows.key(packets.IPPROTO_TCP, SRC, DST, SPORT, DPORT), 0x12345)
     for i in range(count - 1):
-        key = program.key(rng.choice((packets.IPPROTO_TCP, packets.IPPROTO_UDP)), rng.randbytes(16),
+        key = program.flows.key(rng.choice((packets.IPPROTO_TCP, packets.IPPROTO_UDP)), rng.randbytes(16),
                           rng.randbytes(16), rng.randrange(1 << 16), rng.randrange(1 << 16))
-        program.set_label(key, i & packets.LABEL_MASK)
+        program.flows.put(key, i & packets.LABEL_MASK)
 
 
 class Sample(NamedTuple):
@@ -203,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for program in (marker, cold, lookup):
                 fill(program, args.flows, random.Random(4))  # the same flows in each
             test_frames = frames(marker)
-            floor_key = lookup.key(packets.IPPROTO_TCP, bytes(16), bytes(16), 0, 0)
+            floor_key = lookup.flows.key(packets.IPPROTO_TCP, bytes(16), bytes(16), 0, 0)
             for program in (marker, cold, empty, lookup):  # warm caches and the JIT image
                 for frame in test_frames.values():
                     program.test_run(frame, 1000)
@@ -215,14 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     samples[name].append(measure(marker, empty, frame, args.repeat))
                     if name == "hit" and cold_path is not None:
                         samples["hit_cold_cache"].append(measure(cold, empty, frame, args.repeat))
-                lookup.set_label(floor_key, 1)
+                lookup.flows.put(floor_key, 1)
                 samples["floor_hit"].append(measure(lookup, empty, test_frames["hit"], args.repeat))
-                lookup.delete(floor_key)
+                lookup.flows.delete(floor_key)
                 samples["floor_miss"].append(measure(lookup, empty, test_frames["miss"], args.repeat))
                 empty_ns.append(empty.test_run(test_frames["hit"], args.repeat).duration_ns)
             info = marker.info()
             cold_info = cold.info()
-            filter_bits = marker.filter_bits
+            filter_bits = marker.flows.filter_bits
 
     results = {name: summary(s) for name, s in samples.items() if s}
     for name, target in TARGETS.items():

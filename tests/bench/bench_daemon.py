@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlabel.api_client import ApiClient
-from flowlabel.marker import key_packer
+from flowlabel.bpf.ext import key_packer
 from support.daemon_map import flow_map_fd
 from support.netns import Namespace
 

@@ -31,18 +31,18 @@ class Classifier:
         self._keys: set[bytes] = set()
 
     def add(self, key: FlowKey, label: int) -> None:
-        raw = self.program.key(key.proto, key.saddr, key.daddr, key.sport, key.dport)
-        self.program.set_label(raw, label)
+        raw = self.program.flows.key(key.proto, key.saddr, key.daddr, key.sport, key.dport)
+        self.program.flows.put(raw, label)
         self._keys.add(raw)
 
     def remove(self, key: FlowKey) -> None:
-        raw = self.program.key(key.proto, key.saddr, key.daddr, key.sport, key.dport)
-        self.program.delete(raw)
+        raw = self.program.flows.key(key.proto, key.saddr, key.daddr, key.sport, key.dport)
+        self.program.flows.delete(raw)
         self._keys.discard(raw)
 
     def clear(self) -> None:
         for raw in self._keys:
-            self.program.delete(raw)
+            self.program.flows.delete(raw)
         self._keys.clear()
 
     def run(self, data: bytes) -> Outcome:

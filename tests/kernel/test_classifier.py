@@ -404,7 +404,7 @@ def test_loads_with_debug_on_and_off(l3: bool) -> None:
     sizes = {}
     for debug in (False, True):
         with Program(OBJECT, debug=debug, l3=l3, max_flows=1024) as program:
-            program.set_label(program.key(*key), LABEL)
+            program.flows.put(program.flows.key(*key), LABEL)
             run = program.test_run(frame)
             assert run.retval == TC_ACT_OK
             assert run.data == (l3_packet(LABEL) if l3 else tcp_frame(LABEL))

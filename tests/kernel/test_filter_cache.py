@@ -69,7 +69,7 @@ def frame(key: FlowKey, *, l3: bool = False) -> bytes:
 
 
 def packed(program: Program, key: FlowKey) -> bytes:
-    return program.key(key.proto, key.saddr, key.daddr, key.sport, key.dport)
+    return program.flows.key(key.proto, key.saddr, key.daddr, key.sport, key.dport)
 
 
 def label_of(program: Program, key: FlowKey, *, l3: bool = False) -> int | None:
@@ -91,16 +91,16 @@ def random_key(rng: random.Random) -> FlowKey:
 
 def same_slot(program: Program, key: FlowKey, rng: random.Random) -> FlowKey:
     """Another key in the same filter slot as ``key``."""
-    slot = program.filter_slot(packed(program, key))
+    slot = program.flows.filter_slot(packed(program, key))
     while True:
         other = random_key(rng)
-        if other != key and program.filter_slot(packed(program, other)) == slot:
+        if other != key and program.flows.filter_slot(packed(program, other)) == slot:
             return other
 
 
 def remove_all(program: Program, keys: list[FlowKey]) -> None:
     for key in keys:
-        program.delete(packed(program, key))
+        program.flows.delete(packed(program, key))
 
 
 # -- the filter -------------------------------------------------------------------
@@ -108,9 +108,9 @@ def remove_all(program: Program, keys: list[FlowKey]) -> None:
 
 def test_default_filter_size_follows_max_flows() -> None:
     with Program(OBJECT, max_flows=1000) as program:
-        assert program.filter_bits == 8192  # 8 bits per flow, rounded up to a power of two
+        assert program.flows.filter_bits == 8192  # 8 bits per flow, rounded up to a power of two
     with Program(OBJECT, max_flows=10) as program:
-        assert program.filter_bits == SMALL_FILTER
+        assert program.flows.filter_bits == SMALL_FILTER
 
 
 @pytest.mark.parametrize("bits", [1000, 2048, 1 << 28])
@@ -132,48 +132,48 @@ def test_filter_never_hides_a_flow(small: Program, present: list[FlowKey], absen
     labels = {key: (i * 7919 + 1) & LABEL_MASK or 1 for i, key in enumerate(present)}
     try:
         for key in present:
-            small.set_label(packed(small, key), labels[key])
+            small.flows.put(packed(small, key), labels[key])
         for key in gone:
-            assert small.delete(packed(small, key))
+            assert small.flows.delete(packed(small, key))
         kept = [key for key in present if key not in gone]
         for key in kept:
-            assert small.filter_has(small.filter_slot(packed(small, key)))
+            assert small.flows.filter_has(small.flows.filter_slot(packed(small, key)))
             assert label_of(small, key) == labels[key]
         for key in [*gone, *absent]:
             if key not in kept:
                 assert label_of(small, key) is None
     finally:
         remove_all(small, present)
-    assert not any(small.filter_has(slot) for slot in range(SMALL_FILTER))
+    assert not any(small.flows.filter_has(slot) for slot in range(SMALL_FILTER))
 
 
 def test_bits_follow_add_and_remove(small: Program) -> None:
     key = FlowKey(IPPROTO_TCP, addr("2001:db8::1"), addr("2001:db8::2"), 40000, 443)
-    slot = small.filter_slot(packed(small, key))
-    assert not small.filter_has(slot)
-    small.set_label(packed(small, key), 0x11111)
-    assert small.filter_has(slot)
-    small.set_label(packed(small, key), 0x22222)  # a replaced label counts once
-    assert small.delete(packed(small, key))
-    assert not small.filter_has(slot)
-    assert not small.delete(packed(small, key))
-    assert not small.filter_has(slot)
+    slot = small.flows.filter_slot(packed(small, key))
+    assert not small.flows.filter_has(slot)
+    small.flows.put(packed(small, key), 0x11111)
+    assert small.flows.filter_has(slot)
+    small.flows.put(packed(small, key), 0x22222)  # a replaced label counts once
+    assert small.flows.delete(packed(small, key))
+    assert not small.flows.filter_has(slot)
+    assert not small.flows.delete(packed(small, key))
+    assert not small.flows.filter_has(slot)
 
 
 def test_a_shared_slot_stays_set_until_its_last_flow_goes(small: Program) -> None:
     rng = random.Random(1)
     first = random_key(rng)
     second = same_slot(small, first, rng)
-    slot = small.filter_slot(packed(small, first))
+    slot = small.flows.filter_slot(packed(small, first))
     try:
-        small.set_label(packed(small, first), 0x00001)
-        small.set_label(packed(small, second), 0x00002)
-        assert small.delete(packed(small, first))
-        assert small.filter_has(slot)
+        small.flows.put(packed(small, first), 0x00001)
+        small.flows.put(packed(small, second), 0x00002)
+        assert small.flows.delete(packed(small, first))
+        assert small.flows.filter_has(slot)
         assert label_of(small, second) == 0x00002
         assert label_of(small, first) is None  # looked up: the bit is set for the other flow
-        assert small.delete(packed(small, second))
-        assert not small.filter_has(slot)
+        assert small.flows.delete(packed(small, second))
+        assert not small.flows.filter_has(slot)
         assert label_of(small, second) is None
     finally:
         remove_all(small, [first, second])
@@ -184,7 +184,7 @@ def test_filter_miss_and_lookup_miss_both_count_as_missed(small: Program) -> Non
     present = random_key(rng)
     behind_set_bit = same_slot(small, present, rng)
     try:
-        small.set_label(packed(small, present), 5)
+        small.flows.put(packed(small, present), 5)
         for key in (behind_set_bit, random_key(rng)):
             before = small.counters()
             assert label_of(small, key) is None
@@ -201,7 +201,7 @@ def test_filter_miss_and_lookup_miss_both_count_as_missed(small: Program) -> Non
 def test_cache_hit_counts_as_marked(small: Program, one_cpu: int) -> None:
     key = FlowKey(IPPROTO_UDP, addr("2001:db8::a"), addr("2001:db8::b"), 5000, 5001)
     try:
-        small.set_label(packed(small, key), 0x54321)
+        small.flows.put(packed(small, key), 0x54321)
         label_of(small, key)  # fills the cache
         before = small.counters()
         run = small.test_run(frame(key), repeat=100)
@@ -218,20 +218,20 @@ def test_next_packet_after_a_change_sees_it(small: Program, one_cpu: int) -> Non
     a = random_key(rng)
     b = same_slot(small, a, rng)  # keeps a's filter bit set, so only the cache stands between
     try:
-        small.set_label(packed(small, a), 0x0000A)
-        small.set_label(packed(small, b), 0x0000B)
+        small.flows.put(packed(small, a), 0x0000A)
+        small.flows.put(packed(small, b), 0x0000B)
         for _ in range(3):  # alternate flows through the one cache entry of this CPU
             assert label_of(small, a) == 0x0000A
             assert label_of(small, b) == 0x0000B
         assert label_of(small, a) == 0x0000A  # a is cached
-        small.set_label(packed(small, a), 0x000AA)
+        small.flows.put(packed(small, a), 0x000AA)
         assert label_of(small, a) == 0x000AA
         assert label_of(small, a) == 0x000AA
-        small.delete(packed(small, a))
-        assert small.filter_has(small.filter_slot(packed(small, a)))
+        small.flows.delete(packed(small, a))
+        assert small.flows.filter_has(small.flows.filter_slot(packed(small, a)))
         assert label_of(small, a) is None
         assert label_of(small, b) == 0x0000B
-        small.set_label(packed(small, a), 0x00AAA)  # back as a new flow: no bump needed
+        small.flows.put(packed(small, a), 0x00AAA)  # back as a new flow: no bump needed
         assert label_of(small, a) == 0x00AAA
     finally:
         remove_all(small, [a, b])
@@ -240,14 +240,14 @@ def test_next_packet_after_a_change_sees_it(small: Program, one_cpu: int) -> Non
 def test_shared_programs_share_filter_and_generation(one_cpu: int) -> None:
     key = FlowKey(IPPROTO_TCP, l3_saddr(addr("2001:db8::1")), addr("2001:db8::2"), 1094, 40000)
     with Program(OBJECT, max_flows=64) as l2, Program(OBJECT, l3=True, share_flows_with=l2) as l3:
-        assert l3.filter_bits == l2.filter_bits
-        l2.set_label(packed(l2, key), 0x12345)
-        assert l3.filter_has(l3.filter_slot(packed(l3, key)))
+        assert l3.flows.filter_bits == l2.flows.filter_bits
+        l2.flows.put(packed(l2, key), 0x12345)
+        assert l3.flows.filter_has(l3.flows.filter_slot(packed(l3, key)))
         assert label_of(l3, key, l3=True) == 0x12345
         assert label_of(l2, key) == 0x12345
-        l2.set_label(packed(l2, key), 0x54321)  # the L3 copy's cache entry is stale now
+        l2.flows.put(packed(l2, key), 0x54321)  # the L3 copy's cache entry is stale now
         assert label_of(l3, key, l3=True) == 0x54321
-        l3.delete(packed(l3, key))
+        l3.flows.delete(packed(l3, key))
         assert label_of(l2, key) is None
         assert label_of(l3, key, l3=True) is None
 
@@ -284,7 +284,7 @@ def test_marker_keeps_filter_and_cache_right(marker: Marker, one_cpu: int) -> No
     assert len(marker) == 3
     both = [flow_key(remote), flow_key(remote, reverse=True)]
     for key in both:
-        assert program.filter_has(program.filter_slot(packed(program, key)))
+        assert program.flows.filter_has(program.flows.filter_slot(packed(program, key)))
         assert label_of(program, key) == 0x00002
     assert label_of(program, flow_key(local)) == 0x00001
 
@@ -301,6 +301,6 @@ def test_marker_keeps_filter_and_cache_right(marker: Marker, one_cpu: int) -> No
 
     marker.clear()
     assert label_of(program, flow_key(local)) is None
-    assert not any(program.filter_has(slot) for slot in range(program.filter_bits))
+    assert not any(program.flows.filter_has(slot) for slot in range(program.flows.filter_bits))
     marker.add(local, 0x00006)
     assert label_of(program, flow_key(local)) == 0x00006

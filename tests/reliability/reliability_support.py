@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flowlabel.marker import key_packer
+from flowlabel.bpf.ext import key_packer
 from support.daemon_map import flow_map_fd
 
 LOOPBACK = socket.inet_pton(socket.AF_INET6, "::1")

@@ -1,0 +1,87 @@
+"""The ``flowlabel._bpf`` extension: the one place it is imported, and errno turned into errors.
+
+Importing this module works everywhere; :func:`extension` fails with a clear
+:class:`~flowlabel.errors.NotSupportedError` where the kernel side cannot run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import MarkerError, MissingPrivilegeError, NotSupportedError, ObjectError
+
+#: The privileges the kernel side needs, as error messages name them.
+PRIVILEGES = "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+
+
+def extension() -> tuple[Any, Any]:
+    """The extension's ``ffi`` and ``lib``, or NotSupportedError off Linux."""
+    if not sys.platform.startswith("linux"):
+        raise NotSupportedError(f"the flow-label marker needs Linux with eBPF; this is {sys.platform}")
+    try:
+        from .. import _bpf  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        raise NotSupportedError(
+            f"the flowlabel._bpf extension is missing ({exc}); install flowlabel from its wheel"
+        ) from exc
+    return _bpf.ffi, _bpf.lib
+
+
+def libbpf_version() -> str:
+    """The version of the libbpf linked into the extension."""
+    ffi, lib = extension()
+    return str(ffi.string(lib.libbpf_version_string()).decode())
+
+
+def bundled_object() -> Path:
+    """The classifier object shipped inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("flowlabel").joinpath("marker.bpf.o")))
+
+
+def errno_error(what: str, err: int) -> MarkerError:
+    """The exception that explains a libbpf or kernel errno (either sign)."""
+    err = abs(err)
+    if err in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
+        return MissingPrivilegeError(f"{what}: permission denied; run as root or grant {PRIVILEGES}")
+    if err == errno.EPERM:
+        return MissingPrivilegeError(f"{what}: operation not permitted; the process needs {PRIVILEGES}")
+    return MarkerError(f"{what}: {os.strerror(err)} (errno {err})")
+
+
+def counter_names() -> list[str]:
+    """Counter names in map order, from marker.h's enum (``FLOWLABEL_CNT_SEEN`` -> ``seen``)."""
+    _, lib = extension()
+    prefix = "FLOWLABEL_CNT_"
+    found = {
+        name[len(prefix):].lower(): getattr(lib, name)
+        for name in dir(lib)
+        if name.startswith(prefix) and name != prefix + "MAX"
+    }
+    return sorted(found, key=found.__getitem__)
+
+
+def key_packer(ffi: Any) -> Callable[[bytes, bytes, int, int, int], bytes]:
+    """A fast packer of ``struct flow_key`` (saddr, daddr, sport, dport, proto).
+
+    Its format is derived from the layout cffi read from bpf/marker.h, so it
+    follows that header; ports are in network byte order, padding is zero.
+    """
+    fields = {"saddr": "16s", "daddr": "16s", "sport": "H", "dport": "H", "proto": "B"}
+    fmt, pos = ">", 0
+    for name in sorted(fields, key=lambda n: ffi.offsetof("struct flow_key", n)):
+        offset = ffi.offsetof("struct flow_key", name)
+        fmt += f"{offset - pos}x" * (offset > pos) + fields[name]
+        pos = offset + struct.calcsize(">" + fields[name])
+    size = ffi.sizeof("struct flow_key")
+    fmt += f"{size - pos}x" * (size > pos)
+    packer = struct.Struct(fmt)
+    if packer.size != size:
+        raise ObjectError(f"struct flow_key has fields this module does not know ({size} bytes)")
+    return packer.pack

@@ -1,0 +1,291 @@
+"""One loaded copy of the classifier: its BPF object opened, configured and loaded into the kernel."""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, NamedTuple, Union
+
+from ..errors import MissingPrivilegeError, ObjectError, VerifierError
+from .ext import bundled_object, counter_names, errno_error, extension
+from .features import memlock_advice, memlock_charged, raise_memlock_limit
+from .flowmap import FlowMap, PresenceFilter
+
+PROGRAM_NAME = "marker_egress"
+CONFIG_VAR = "cfg"
+#: Lines of the verifier log kept in a VerifierError's message.
+VERIFIER_TAIL_LINES = 20
+
+
+class TestRun(NamedTuple):
+    """The outcome of one BPF_PROG_TEST_RUN."""
+
+    retval: int
+    data: bytes
+    duration_ns: int  # average per repetition, measured by the kernel
+
+
+class ProgramInfo(NamedTuple):
+    id: int
+    jited_bytes: int
+    xlated_bytes: int
+    verified_insns: int  # 0 where the kernel does not say (before 5.16)
+
+
+def _log_tail(text: str, lines: int = VERIFIER_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _verifier_reason(log: str) -> str:
+    """The verifier's own verdict: the line just before its ``processed N insns`` summary."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("processed ") and " insns" in line and i > 0:
+            return lines[i - 1]
+    return next((line for line in reversed(lines) if not line.startswith("libbpf:")), "")
+
+
+def default_filter_bits(max_flows: int, lib: Any) -> int:
+    """Presence-filter size for a flow map of ``max_flows``: a power of two (marker.h)."""
+    wanted = max_flows * lib.FLOWLABEL_FILTER_BITS_PER_FLOW
+    bits = 1 << max(wanted - 1, 1).bit_length()
+    return int(min(max(bits, lib.FLOWLABEL_FILTER_MIN_BITS), lib.FLOWLABEL_FILTER_MAX_BITS))
+
+
+class Program:
+    """One opened, configured and loaded copy of the classifier.
+
+    ``path`` is a BPF object file (default: the one shipped in the package).
+    ``debug`` and ``l3`` are written to the object's read-only configuration
+    before load; ``max_flows`` sizes the flow map (default: marker.h's). ``tcx``
+    prepares the program for a TCX link (its expected attach type must be set
+    before load). ``share_flows_with`` makes this copy use another one's flow
+    map, so that programs for devices with and without a link-layer header see
+    the same flows (and its presence filter and cache generation with it).
+    ``filter_bits`` sizes the presence filter (a power of two; default: from
+    ``max_flows``). After load, :attr:`flows` is the :class:`FlowMap` (shared
+    with ``share_flows_with``), or None for an object without one.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike[str], None] = None,
+        *,
+        debug: bool = False,
+        l3: bool = False,
+        max_flows: int | None = None,
+        program: str = PROGRAM_NAME,
+        tcx: bool = False,
+        share_flows_with: Program | None = None,
+        filter_bits: int | None = None,
+    ) -> None:
+        self._ffi, self._lib = extension()
+        self._obj: Any = self._ffi.NULL
+        self.flows: FlowMap | None = None
+        self.path = Path(path) if path is not None else bundled_object()
+        self.debug = debug
+        self.l3 = l3
+        self.program_name = program
+        if max_flows is None:
+            max_flows = int(self._lib.FLOWLABEL_DEFAULT_MAX_FLOWS)
+        self._open()
+        try:
+            shared = share_flows_with.flows if share_flows_with is not None else None
+            if shared is not None and shared.presence is not None:
+                filter_bits = shared.presence.bits
+            self._configure(max_flows, tcx, filter_bits)
+            if share_flows_with is not None:
+                self._share_maps(share_flows_with)
+            self._load(shared)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _open(self) -> None:
+        ffi, lib = self._ffi, self._lib
+        if not self.path.is_file():
+            raise ObjectError(f"BPF object {self.path} does not exist")
+        try:
+            with open(self.path, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise ObjectError(f"cannot read BPF object {self.path}: {exc.strerror}") from exc
+        if magic != b"\x7fELF":
+            raise ObjectError(f"{self.path} is not a BPF object (not an ELF file)")
+        lib.fl_log_clear()
+        obj = lib.bpf_object__open_file(os.fsencode(self.path), ffi.NULL)
+        if obj == ffi.NULL:
+            detail = _log_tail(ffi.string(lib.fl_log_text()).decode(errors="replace"), 3)
+            raise ObjectError(f"{self.path} is not a usable BPF object: {detail or os.strerror(ffi.errno)}")
+        self._obj = obj
+
+    def _map(self, name: str) -> Any:
+        """The object's map called ``name``, or NULL."""
+        return self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
+
+    def _configure(self, max_flows: int, tcx: bool, filter_bits: int | None) -> None:
+        ffi, lib = self._ffi, self._lib
+        self._prog = lib.bpf_object__find_program_by_name(self._obj, self.program_name.encode())
+        if self._prog == ffi.NULL:
+            raise ObjectError(f"{self.path} has no program named {self.program_name!r}")
+        if tcx:
+            lib.bpf_program__set_expected_attach_type(self._prog, lib.BPF_TCX_EGRESS)
+        flows, filter_map, generation = self._map("flows"), self._map("filter"), self._map("generation")
+        if flows != ffi.NULL:
+            if not 1 <= max_flows <= 1 << 24:
+                raise ValueError(f"max_flows must be between 1 and {1 << 24}, not {max_flows}")
+            lib.bpf_map__set_max_entries(flows, max_flows)
+        filter_mask = 0
+        self._has_filter = filter_map != ffi.NULL and generation != ffi.NULL
+        if self._has_filter:
+            bits = default_filter_bits(max_flows, lib) if filter_bits is None else filter_bits
+            low, high = lib.FLOWLABEL_FILTER_MIN_BITS, lib.FLOWLABEL_FILTER_MAX_BITS
+            if bits & (bits - 1) or not low <= bits <= high:
+                raise ValueError(f"filter_bits must be a power of two from {low} to {high}, not {bits}")
+            lib.bpf_map__set_max_entries(filter_map, bits // 64)
+            filter_mask = bits - 1
+        size = ffi.new("size_t *")
+        ptr = lib.fl_rodata_var(self._obj, CONFIG_VAR.encode(), size)
+        if ptr != ffi.NULL:
+            cfg = ffi.new("struct marker_config *",
+                          {"debug": int(self.debug), "l3": int(self.l3), "filter_mask": filter_mask})
+            ffi.memmove(ptr, cfg, min(size[0], ffi.sizeof("struct marker_config")))
+        elif self.debug or self.l3:
+            raise ObjectError(f"{self.path} has no {CONFIG_VAR!r} configuration to set debug or l3 in")
+
+    def _share_maps(self, other: Program) -> None:
+        """Use the other program's flow map, and its filter and generation with it."""
+        lib = self._lib
+        if other.flows is None or self._map("flows") == self._ffi.NULL:
+            raise ObjectError(f"{self.path} or {other.path} has no flow map to share")
+        if self._has_filter != (other.flows.presence is not None):
+            raise ObjectError(f"{self.path} and {other.path} differ in having a presence filter")
+        names = ("flows", "filter", "generation") if self._has_filter else ("flows",)
+        for name in names:
+            err = lib.bpf_map__reuse_fd(self._map(name), lib.bpf_map__fd(other._map(name)))
+            if err:
+                raise errno_error(f"sharing the {name} map", err)
+
+    def _load(self, shared: FlowMap | None) -> None:
+        ffi, lib = self._ffi, self._lib
+        raise_memlock_limit()
+        lib.fl_log_clear()
+        err = lib.bpf_object__load(self._obj)
+        if err:
+            text = ffi.string(lib.fl_log_text()).decode(errors="replace")
+            if abs(err) == errno.EPERM and memlock_charged():
+                raise MissingPrivilegeError(
+                    f"loading {self.path.name}: operation not permitted; {memlock_advice()}")
+            if abs(err) == errno.EPERM or (abs(err) == errno.EACCES and "processed" not in text):
+                raise errno_error(f"loading {self.path.name}", err)
+            raise VerifierError(
+                f"the kernel's verifier rejected {self.path.name} ({os.strerror(abs(err))}); "
+                "the end of its log:\n" + _log_tail(text),
+                text,
+                _verifier_reason(text),
+            )
+        self.prog_fd = int(lib.bpf_program__fd(self._prog))
+        counters = self._map("counters")
+        self.counters_fd = int(lib.bpf_map__fd(counters)) if counters != ffi.NULL else -1
+        self._ncpus = int(lib.libbpf_num_possible_cpus())
+        flows = self._map("flows")
+        if shared is not None:
+            self.flows = shared
+        elif flows != ffi.NULL:
+            presence = None
+            if self._has_filter:
+                presence = PresenceFilter(lib, int(lib.bpf_map__fd(self._map("filter"))),
+                                          int(lib.bpf_map__max_entries(self._map("filter"))) * 64,
+                                          int(lib.bpf_map__fd(self._map("generation"))))
+            self.flows = FlowMap(ffi, lib, int(lib.bpf_map__fd(flows)), int(lib.bpf_map__max_entries(flows)),
+                                 presence)
+
+    # -- facts ----------------------------------------------------------------
+
+    @property
+    def bpf_program(self) -> Any:
+        """The libbpf ``struct bpf_program *`` (for attaching)."""
+        return self._prog
+
+    @property
+    def max_flows(self) -> int:
+        """Entries the kernel's flow map holds at most."""
+        return int(self._lib.bpf_map__max_entries(self._map("flows")))
+
+    def info(self) -> ProgramInfo:
+        ffi = self._ffi
+        out = [ffi.new("uint32_t *") for _ in range(4)]
+        err = self._lib.fl_prog_info(self.prog_fd, *out)
+        if err:
+            raise errno_error("reading program info", err)
+        return ProgramInfo(*(int(o[0]) for o in out))
+
+    # -- running --------------------------------------------------------------
+
+    def test_run(self, data: bytes, repeat: int = 1) -> TestRun:
+        """Run the program on one packet with BPF_PROG_TEST_RUN."""
+        ffi, lib = self._ffi, self._lib
+        out = ffi.new("char[]", len(data) + 256)
+        out_size = ffi.new("uint32_t *", len(data) + 256)
+        retval = ffi.new("uint32_t *")
+        duration = ffi.new("uint32_t *")
+        err = lib.fl_test_run(self.prog_fd, data, len(data), out, out_size, repeat, retval, duration)
+        if err:
+            raise errno_error("BPF_PROG_TEST_RUN", err)
+        return TestRun(int(retval[0]), ffi.buffer(out, out_size[0])[:], int(duration[0]))
+
+    # -- counters -------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The classifier's counters, summed over CPUs.
+
+        The classifier counts each packet once, in the counter of its outcome;
+        ``seen`` and ``ipv6`` are the sums marker.h defines them to be.
+        """
+        ffi, lib = self._ffi, self._lib
+        names = counter_names()
+        per_cpu = ffi.new("uint64_t[]", self._ncpus * len(names))
+        zero = ffi.new("uint32_t *", 0)
+        err = lib.bpf_map_lookup_elem(self.counters_fd, zero, per_cpu)
+        if err:
+            raise errno_error("reading the counters", err)
+        totals = dict.fromkeys(names, 0)
+        for cpu in range(self._ncpus):
+            base = cpu * len(names)
+            for i, name in enumerate(names):
+                totals[name] += int(per_cpu[base + i])
+        if "ipv6" in totals and "seen" in totals:
+            totals["ipv6"] = totals["marked"] + totals["missed"] + totals["unparsed"]
+            totals["seen"] = totals["ipv6"] + totals["non_ipv6"]
+        return totals
+
+    def reset_counters(self) -> None:
+        ffi, lib = self._ffi, self._lib
+        per_cpu = ffi.new("uint64_t[]", self._ncpus * len(counter_names()))
+        zero = ffi.new("uint32_t *", 0)
+        err = lib.bpf_map_update_elem(self.counters_fd, zero, per_cpu, 0)
+        if err:
+            raise errno_error("resetting the counters", err)
+
+    # -- lifetime -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unload: the kernel frees the program once nothing else holds it. Idempotent."""
+        self.flows = None  # the filter's mmaps go with the last program that shares them
+        if self._obj != self._ffi.NULL:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = self._ffi.NULL
+
+    def __enter__(self) -> Program:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            self.close()
