@@ -35,10 +35,10 @@ class Feature(NamedTuple):
 #: and read-only global data (Linux 5.2); docs/kernels.md lists the same.
 FEATURES = (
     Feature("mmap arrays", "memory-mappable BPF arrays (BPF_F_MMAPABLE)", "5.5", True),
-    Feature("batch ops", "batched map operations on hash maps", "5.6", True),
-    Feature("CAP_BPF", "the CAP_BPF and CAP_PERFMON capabilities", "5.8", False),
-    Feature("memlock", "BPF memory charged to the memory cgroup, not RLIMIT_MEMLOCK", "5.11", False),
-    Feature("TCX", "TCX links on the tc egress hook", "6.6", False),
+    Feature("batch ops", "batched operations on hash maps", "5.6", True),
+    Feature("CAP_BPF", "CAP_BPF and CAP_PERFMON", "5.8", False),
+    Feature("memlock", "memory-cgroup accounting of BPF memory", "5.11", False),
+    Feature("TCX", "TCX links", "6.6", False),
 )
 FEATURE = {f.row: f for f in FEATURES}
 #: The oldest Linux release with every required feature.
@@ -99,8 +99,8 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         row("capabilities", ", ".join(f"{cap} {'yes' if cap in have else 'no'}" for cap in NEEDED))
     else:
         admin = {cap: "yes" if cap in have else "no" for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN")}
-        row("capabilities", f"CAP_SYS_ADMIN {admin['CAP_SYS_ADMIN']}, CAP_NET_ADMIN {admin['CAP_NET_ADMIN']} "
-            f"({lacks(FEATURE['CAP_BPF'], ': CAP_SYS_ADMIN stands for them')})")
+        row("capabilities", f"CAP_SYS_ADMIN {admin['CAP_SYS_ADMIN']}, CAP_NET_ADMIN {admin['CAP_NET_ADMIN']}"
+            f"; {lacks(FEATURE['CAP_BPF'], ': CAP_SYS_ADMIN stands for them')}")
     try:
         row("libbpf", libbpf_version())
     except MarkerError as exc:
@@ -127,7 +127,7 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
             row(name, f"no ({os.strerror(abs(err))})")
             problems.append(lacks(FEATURE[name], f": flowlabel needs Linux {MINIMUM_KERNEL} or newer"))
     row("attach", "TCX links" if probes.tcx
-        else f"tc: a clsact qdisc and a cls_bpf filter ({lacks(FEATURE['TCX'])})")
+        else f"tc: a clsact qdisc and a cls_bpf filter; {lacks(FEATURE['TCX'])}")
     path = object_path or str(bundled_object())
     row("object", path)
     if problems:
