@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, logs
 from .defaults import API_URL, LOG_LEVELS
 
 if TYPE_CHECKING:
@@ -179,21 +179,14 @@ def _load_config(path: str | None, *, trusted: bool = False) -> Config:
         raise _Failure(f"configuration: {exc}", 2) from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .daemon import Daemon, StartupError
+    from .daemon import Daemon
+    from .service import StartupError
 
     config = _load_config(args.config, trusted=True)
-    _setup_logging(args.log_level or config.log_level or "info")
+    logs.setup(args.log_level or config.log_level or "info")
     daemon = Daemon(config)
     try:
         asyncio.run(daemon.run())

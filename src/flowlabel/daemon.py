@@ -2,27 +2,25 @@
 
 One asyncio loop runs everything: the sources (named pipe, firefly listener,
 HTTP API) hand batches of events to :meth:`Daemon.submit`, which records them
-in the :class:`~flowlabel.state.FlowTable` and passes the changes to the
+in the :class:`~flowlabel.flowtable.FlowTable` and passes the changes to the
 backends (eBPF, firefly); metrics count every event by source and outcome.
 
 Lifecycle: the PID file is written first; the active flows of the last run are
-read back from the state file and its journal and marked again before any
-source opens (every applied batch is journaled, so a killed daemon loses
-nothing); the
-daemon logs a line containing ``ready`` (and tells systemd, under
-``Type=notify``) once it serves. SIGTERM or SIGINT close the sources, write
-the state file, detach the classifier and remove the pipe and the PID file.
+read back (:class:`~flowlabel.persistence.Persistence`: the state file and its
+journals) and marked again before any source opens (every applied batch is
+journaled, so a killed daemon loses nothing); the daemon logs a line
+containing ``ready`` (and tells systemd, under ``Type=notify``) once it serves.
+SIGTERM or SIGINT close the sources, write the state file, detach the
+classifier and remove the pipe and the PID file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -31,22 +29,12 @@ from . import __version__
 from .config import Config
 from .events import FlowEvent
 from .flow import Flow
+from .flowtable import ENDED, FAILED, REJECTED, Change, FlowRecord, FlowTable
+from .logs import RateLimitedLog
 from .metrics import Family, Metrics
+from .persistence import Persistence
 from .registry import Registry
-from .state import (
-    ENDED,
-    FAILED,
-    REJECTED,
-    Change,
-    FlowRecord,
-    FlowTable,
-    Journal,
-    StateFileError,
-    StateWriter,
-    remove_journals,
-    restore_state,
-    save_state,
-)
+from .service import PidFile, StartupError, notify_systemd
 
 if TYPE_CHECKING:
     from .backends.ebpf import EbpfBackend
@@ -57,8 +45,6 @@ __all__ = ["Daemon", "StartupError"]
 
 log = logging.getLogger("flowlabel")
 
-#: Flows written to the state file per step; a step takes a few hundred microseconds.
-SAVE_STEP = 100
 #: Seconds between checks that the marked interfaces are still the same devices.
 INTERFACE_CHECK_INTERVAL = 2.0
 #: Seconds between checks that the classifier's map holds every entry the daemon put there.
@@ -67,75 +53,10 @@ MAP_CHECK_INTERVAL = 5.0
 REJECT_LOG_LIMIT = 50
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message says why."""
-
-
 class _Part(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-def _notify_systemd(state: str) -> None:
-    """Tell systemd about ``state`` (e.g. ``READY=1``) when it runs us with Type=notify."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.warning("cannot notify systemd (%s): %s", state, exc)
-
-
-class PidFile:
-    """The PID file: refuses to start a second daemon, removed at exit."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._written = False
-
-    def _running(self) -> int | None:
-        try:
-            with open(self.path) as f:
-                pid = int(f.read().strip())
-        except (OSError, ValueError):
-            return None
-        if pid == os.getpid():
-            return None
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            return None  # gone
-        # A recycled PID belongs to some other program.
-        return pid if b"flowlabel" in cmdline else None
-
-    def write(self) -> None:
-        pid = self._running()
-        if pid is not None:
-            raise StartupError(f"flowlabel is already running as process {pid} (PID file {self.path})")
-        directory = os.path.dirname(self.path)
-        try:
-            if directory:
-                os.makedirs(directory, mode=0o755, exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise StartupError(f"cannot write the PID file {self.path}: {exc.strerror}") from None
-        self._written = True
-
-    def remove(self) -> None:
-        if self._written:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            self._written = False
 
 
 class Daemon:
@@ -147,6 +68,8 @@ class Daemon:
         self.metrics = Metrics()
         self.registry: Registry | None = None
         self._pid_file = PidFile(config.pid_path)
+        self._persistence = Persistence(config.state_path, self.table, config.save_interval)
+        self._rejects = RateLimitedLog(log, REJECT_LOG_LIMIT, "rejected inputs")
         self._sources: list[_Part] = []
         self._listeners: list[str] = []
         self._ebpf: EbpfBackend | None = None
@@ -157,17 +80,7 @@ class Daemon:
         #: Set once every source serves (and cleared again when the daemon stops).
         self.ready: asyncio.Event | None = None
         self._started = time.monotonic()
-        # Set once the last run's flows are back: only then may the state file be replaced.
-        self._restored = False
         self._served = False
-        self._saved_version = -1
-        self._journal: Journal | None = None
-        self._journal_failing = False
-        self._saves = 0
-        self._save_seconds = 0.0
-        self._reject_second = 0
-        self._rejects_logged = 0
-        self._rejects_unlogged = 0
         self._summarised: dict[tuple[str, str], int] = {}
         self.metrics.add_collector(self._families)
 
@@ -185,13 +98,13 @@ class Daemon:
             # What start-up made lives as long as the daemon: keep the collector off it.
             gc.freeze()
             log.info("flowlabel %s ready: %s", __version__, "; ".join(self._listeners))
-            _notify_systemd("READY=1")
+            notify_systemd("READY=1")
             self._served = True
             self.ready.set()
             await self._stopping.wait()
             self.ready.clear()
             log.info("stopping")
-            _notify_systemd("STOPPING=1")
+            notify_systemd("STOPPING=1")
         finally:
             await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -210,22 +123,10 @@ class Daemon:
             raise StartupError(f"cannot create the work directory {cfg.work_dir}: {exc.strerror}") from None
         self.registry = self._load_registry()
         try:
-            restored = restore_state(cfg.state_path)
-        except StateFileError as exc:
-            # Kept aside for inspection: the next save replaces the file.
-            broken = cfg.state_path + ".broken"
-            with contextlib.suppress(OSError):
-                os.replace(cfg.state_path, broken)
-            log.warning("%s; starting with only the flows its journals name (the file is now %s)",
-                        exc, broken)
-            restored = restore_state(cfg.state_path)
-        if restored.replayed:
-            log.info("%d journaled changes replayed onto the state file", restored.replayed)
-        try:
-            self._journal = Journal(cfg.state_path, restored.next_generation)
+            restored = self._persistence.restore()
         except OSError as exc:
             raise StartupError(f"cannot open the journal in {cfg.work_dir}: {exc.strerror}") from None
-        self._start_backends(restored.records)
+        self._start_backends(restored)
         plugins = cfg.plugins
         if plugins.named_pipe is None and plugins.api is None and plugins.firefly is None:
             log.warning("no plugin configured: no flow events will arrive (add plugins.namedPipe, "
@@ -254,7 +155,7 @@ class Daemon:
         if self._prometheus is not None:
             await self._start_part(self._prometheus, "the metrics listener")
             self._listeners.append(f"metrics {self._prometheus.url}")
-        self._background(self._save_periodically, "saving the state file")
+        self._background(self._persistence.save_periodically, "saving the state file")
         if cfg.summary_interval > 0:
             self._background(self._summarise_periodically, "the summary")
         ebpf = self._ebpf
@@ -295,7 +196,7 @@ class Daemon:
             except (MarkerError, ValueError) as exc:
                 raise StartupError(f"cannot start marking: {exc}") from None
             restored = [r for r in restored if r.flow not in failed]
-            self._journal_removed(failed)
+            self._persistence.removed(failed)
             modes = self._ebpf.attachment_modes()
             self._listeners.append(
                 "marking on " + ", ".join(f"{name} ({mode})" for name, mode in modes.items())
@@ -303,8 +204,7 @@ class Daemon:
         else:
             self._listeners.append("not marking (no ebpf backend)")
         added = self.table.restore(restored)
-        self._restored = True
-        self._saved_version = self.table.version
+        self._persistence.restored()
         self._listeners.append(f"{added} flows restored")
         if backends.firefly is not None:
             from .backends.firefly import FireflyBackend
@@ -343,11 +243,7 @@ class Daemon:
             except Exception:
                 log.exception("stopping %s failed", type(part).__name__)
         self._sources.clear()
-        if self._restored:
-            self._save(durable=True)
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        self._persistence.close()
         for backend in (self._firefly, self._ebpf):
             if backend is not None:
                 try:
@@ -366,11 +262,7 @@ class Daemon:
         changes = [apply(event, source) for event in events]
         # Journaled before the map is written: a kill in between may restore a flow
         # the map did not have yet, but never loses one it had.
-        if self._journal is not None:
-            try:
-                self._journal.append(changes)
-            except OSError as exc:
-                self._journal_error(exc)
+        self._persistence.record(changes)
         if self._ebpf is not None:
             changes = self._mark(self._ebpf, changes)
         if self._firefly is not None:
@@ -393,7 +285,7 @@ class Daemon:
             return changes
         for flow in failed:
             self.table.discard(flow)
-        self._journal_removed(failed)
+        self._persistence.removed(failed)
         return [self._failed(c, failed) for c in changes]
 
     @staticmethod
@@ -402,33 +294,9 @@ class Daemon:
             return change._replace(outcome=FAILED, relabel=False)
         return change
 
-    def _journal_removed(self, flows: set[Flow]) -> None:
-        if self._journal is not None and flows:
-            try:
-                self._journal.removed(flows)
-            except OSError as exc:
-                self._journal_error(exc)
-
-    def _journal_error(self, exc: OSError) -> None:
-        # Logged once until a snapshot, which holds the changes the journal missed, succeeds.
-        if not self._journal_failing:
-            self._journal_failing = True
-            log.error("cannot write the journal: %s; changes are kept only by the next state-file "
-                      "write until it works again", exc)
-
     def reject(self, source: str, reason: str) -> None:
         self.metrics.count(source, REJECTED)
-        second = int(time.monotonic())
-        if second != self._reject_second:
-            if self._rejects_unlogged:
-                log.warning("%d more rejected inputs were not logged", self._rejects_unlogged)
-            self._reject_second = second
-            self._rejects_logged = self._rejects_unlogged = 0
-        if self._rejects_logged < REJECT_LOG_LIMIT:
-            self._rejects_logged += 1
-            log.warning("rejected %s input: %s", source, reason)
-        else:
-            self._rejects_unlogged += 1
+        self._rejects.warning("rejected %s input: %s", source, reason)
 
     # -- views for the API ------------------------------------------------------------------
 
@@ -450,81 +318,14 @@ class Daemon:
     def _families(self) -> list[Family]:
         families = [
             Family.single("flowlabel_active_flows", "gauge", "Flows being marked", len(self.table)),
-            Family.single("flowlabel_state_saves_total", "counter", "Writes of the state file", self._saves),
-            Family.single("flowlabel_state_save_seconds", "gauge", "How long the last state-file write took",
-                          self._save_seconds),
+            *self._persistence.families(),
         ]
         for backend in (self._ebpf, self._firefly):
             if backend is not None:
                 families.extend(backend.families())
         return families
 
-    # -- the state file and the summary ----------------------------------------------------------
-
-    def _save(self, *, durable: bool = False) -> None:
-        """Write the whole table at once (at exit, when no more events come)."""
-        path = self.config.state_path
-        began = time.perf_counter()
-        following = self._journal.generation + 1 if self._journal is not None else 0
-        try:
-            count = save_state(path, self.table, durable=durable, journal=following)
-        except OSError as exc:
-            log.error("cannot write the state file %s: %s", path, exc)
-            return
-        remove_journals(path, following)
-        self._saved(began, count)
-
-    def _next_journal(self) -> int:
-        """Start a new journal generation for the changes after this instant; returns it."""
-        old = self._journal
-        assert old is not None
-        try:
-            self._journal = Journal(self.config.state_path, old.generation + 1)
-        except OSError as exc:
-            self._journal_error(exc)
-            return old.generation
-        old.close()
-        self._journal_failing = False
-        return self._journal.generation
-
-    async def _save_in_steps(self) -> None:
-        """Write a snapshot of the table, letting the loop serve events between steps.
-
-        The snapshot is the table at one instant; the changes after it go to a
-        new journal, and the older journals go once the snapshot is in place.
-        """
-        path = self.config.state_path
-        began = time.perf_counter()
-        version = self.table.version
-        records = list(self.table)
-        generation = self._next_journal()
-        try:
-            with StateWriter(path, journal=generation) as writer:
-                for i in range(0, len(records), SAVE_STEP):
-                    writer.write(records[i : i + SAVE_STEP])
-                    await asyncio.sleep(0)
-                writer.commit()
-        except OSError as exc:
-            log.error("cannot write the state file %s: %s", path, exc)
-            return
-        remove_journals(path, generation)
-        self._saved(began, writer.count, version)
-
-    def _saved(self, began: float, count: int, version: int | None = None) -> None:
-        self._save_seconds = time.perf_counter() - began
-        self._saves += 1
-        self._saved_version = self.table.version if version is None else version
-        log.debug("state file %s: %d flows written in %.1f ms", self.config.state_path, count,
-                  self._save_seconds * 1000)
-
-    async def _save_periodically(self) -> None:
-        interval = self.config.save_interval
-        while True:
-            await asyncio.sleep(interval)
-            if self.table.version != self._saved_version:
-                await self._save_in_steps()
-                # Keep the writes under a tenth of the time, however large the table.
-                interval = max(self.config.save_interval, self._save_seconds * 10)
+    # -- watching and summing up ------------------------------------------------------------
 
     async def _watch_interfaces(self, ebpf: EbpfBackend) -> None:
         while True:

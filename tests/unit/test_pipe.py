@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from flowlabel.events import FlowEvent
 from flowlabel.sources import pipe as pipe_module
 from flowlabel.sources.pipe import LineAssembler, PipeSource
-from flowlabel.state import Change, FlowTable
+from flowlabel.flowtable import Change, FlowTable
 
 # -- LineAssembler --------------------------------------------------------------------------------
 

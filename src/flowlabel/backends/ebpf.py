@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from ..config import Ebpf
 from ..errors import InterfaceError, MapFullError, MarkerError
 from ..flow import Flow
+from ..flowtable import ENDED, Change, FlowRecord
 from ..metrics import Family
-from ..state import ENDED, Change, FlowRecord
 
 if TYPE_CHECKING:
     from ..marker import Marker

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from .. import times
 from ..config import FireflySender
 from ..events import EventError, FlowEvent, format_firefly
+from ..flowtable import ENDED, IPV4, STARTED, Change
 from ..metrics import Family
-from ..state import ENDED, IPV4, STARTED, Change
 
 __all__ = ["FireflyBackend"]
 

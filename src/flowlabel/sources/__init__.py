@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..events import FlowEvent
-from ..state import Change
+from ..flowtable import Change
 
 __all__ = ["EventSink"]
 

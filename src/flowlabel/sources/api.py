@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 from .. import __version__
 from ..events import EventError, FlowEvent, format_api, parse_api
+from ..flowtable import STARTED, Change, FlowRecord
 from ..httpd import Handler, HTTPServer, Request, Response, error_response, json_response
 from ..metrics import metrics_route
 from ..registry import Registry
-from ..state import STARTED, Change, FlowRecord
 from . import EventSink
 
 __all__ = ["ApiSource", "DaemonView"]

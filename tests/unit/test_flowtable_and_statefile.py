@@ -10,13 +10,8 @@ import pytest
 
 from flowlabel.events import FlowEvent
 from flowlabel.label import decode
-from flowlabel.state import (
-    ENDED,
-    IPV4,
-    REFRESHED,
-    STARTED,
-    UNKNOWN_END,
-    FlowTable,
+from flowlabel.flowtable import ENDED, IPV4, REFRESHED, STARTED, UNKNOWN_END, FlowTable
+from flowlabel.statefile import (
     Journal,
     StateFileError,
     StateWriter,

@@ -1,0 +1,173 @@
+"""The daemon's active flows on disk: restored at start, journaled as they change, snapshotted.
+
+:class:`Persistence` owns the state file and its journals (their formats are in
+:mod:`flowlabel.statefile`): it reads them back at start, appends every applied
+batch of changes to the journal, writes a snapshot in steps while the daemon
+serves, starts a new journal generation with each snapshot and deletes the
+journals a snapshot has made obsolete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+
+from .flow import Flow
+from .flowtable import Change, FlowRecord, FlowTable
+from .metrics import Family
+from .statefile import Journal, StateFileError, StateWriter, remove_journals, restore_state, save_state
+
+__all__ = ["Persistence"]
+
+log = logging.getLogger("flowlabel")
+
+#: Flows written to the state file per step; a step takes a few hundred microseconds.
+SAVE_STEP = 100
+
+
+class Persistence:
+    """The state file ``path`` and its journals, kept for ``table``."""
+
+    def __init__(self, path: str, table: FlowTable, interval: float) -> None:
+        self.path = path
+        self.table = table
+        self.interval = interval
+        self._journal: Journal | None = None
+        self._failing = False
+        # Set once the last run's flows are back: only then may the state file be replaced.
+        self._restored = False
+        self._saved_version = -1
+        self._saves = 0
+        self._save_seconds = 0.0
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def restore(self) -> list[FlowRecord]:
+        """The last run's flows, and a journal opened for this run's changes (OSError if it cannot be)."""
+        try:
+            restored = restore_state(self.path)
+        except StateFileError as exc:
+            # Kept aside for inspection: the next save replaces the file.
+            broken = self.path + ".broken"
+            with contextlib.suppress(OSError):
+                os.replace(self.path, broken)
+            log.warning("%s; starting with only the flows its journals name (the file is now %s)",
+                        exc, broken)
+            restored = restore_state(self.path)
+        if restored.replayed:
+            log.info("%d journaled changes replayed onto the state file", restored.replayed)
+        self._journal = Journal(self.path, restored.next_generation)
+        return restored.records
+
+    def restored(self) -> None:
+        """The table holds the last run's flows now: from here on the state file may be replaced."""
+        self._restored = True
+        self._saved_version = self.table.version
+
+    def close(self) -> None:
+        """Write the whole table once more, durably, and close the journal."""
+        if self._restored:
+            self.save(durable=True)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    # -- the journal ------------------------------------------------------------------------
+
+    def record(self, changes: Iterable[Change]) -> None:
+        """Journal an applied batch of changes."""
+        if self._journal is not None:
+            try:
+                self._journal.append(changes)
+            except OSError as exc:
+                self._journal_error(exc)
+
+    def removed(self, flows: set[Flow]) -> None:
+        """Journal flows taken out of the table after their changes were journaled."""
+        if self._journal is not None and flows:
+            try:
+                self._journal.removed(flows)
+            except OSError as exc:
+                self._journal_error(exc)
+
+    def _journal_error(self, exc: OSError) -> None:
+        # Logged once until a snapshot, which holds the changes the journal missed, succeeds.
+        if not self._failing:
+            self._failing = True
+            log.error("cannot write the journal: %s; changes are kept only by the next state-file "
+                      "write until it works again", exc)
+
+    def _next_journal(self) -> int:
+        """Start a new journal generation for the changes after this instant; returns it."""
+        old = self._journal
+        assert old is not None
+        try:
+            self._journal = Journal(self.path, old.generation + 1)
+        except OSError as exc:
+            self._journal_error(exc)
+            return old.generation
+        old.close()
+        self._failing = False
+        return self._journal.generation
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def save(self, *, durable: bool = False) -> None:
+        """Write the whole table at once (at exit, when no more events come)."""
+        began = time.perf_counter()
+        following = self._journal.generation + 1 if self._journal is not None else 0
+        try:
+            count = save_state(self.path, self.table, durable=durable, journal=following)
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", self.path, exc)
+            return
+        remove_journals(self.path, following)
+        self._saved(began, count)
+
+    async def save_in_steps(self) -> None:
+        """Write a snapshot of the table, letting the loop serve events between steps.
+
+        The snapshot is the table at one instant; the changes after it go to a
+        new journal, and the older journals go once the snapshot is in place.
+        """
+        began = time.perf_counter()
+        version = self.table.version
+        records = list(self.table)
+        generation = self._next_journal()
+        try:
+            with StateWriter(self.path, journal=generation) as writer:
+                for i in range(0, len(records), SAVE_STEP):
+                    writer.write(records[i : i + SAVE_STEP])
+                    await asyncio.sleep(0)
+                writer.commit()
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", self.path, exc)
+            return
+        remove_journals(self.path, generation)
+        self._saved(began, writer.count, version)
+
+    def _saved(self, began: float, count: int, version: int | None = None) -> None:
+        self._save_seconds = time.perf_counter() - began
+        self._saves += 1
+        self._saved_version = self.table.version if version is None else version
+        log.debug("state file %s: %d flows written in %.1f ms", self.path, count, self._save_seconds * 1000)
+
+    async def save_periodically(self) -> None:
+        interval = self.interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.table.version != self._saved_version:
+                await self.save_in_steps()
+                # Keep the writes under a tenth of the time, however large the table.
+                interval = max(self.interval, self._save_seconds * 10)
+
+    def families(self) -> list[Family]:
+        return [
+            Family.single("flowlabel_state_saves_total", "counter", "Writes of the state file", self._saves),
+            Family.single("flowlabel_state_save_seconds", "gauge", "How long the last state-file write took",
+                          self._save_seconds),
+        ]
