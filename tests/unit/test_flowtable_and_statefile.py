@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from flowlabel.events import FlowEvent
-from flowlabel.label import decode
 from flowlabel.flowtable import ENDED, IPV4, REFRESHED, STARTED, UNKNOWN_END, FlowTable
+from flowlabel.label import decode
 from flowlabel.statefile import (
     Journal,
     StateFileError,

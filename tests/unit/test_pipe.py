@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowlabel.events import FlowEvent
+from flowlabel.flowtable import Change, FlowTable
 from flowlabel.sources import pipe as pipe_module
 from flowlabel.sources.pipe import LineAssembler, PipeSource
-from flowlabel.flowtable import Change, FlowTable
 
 # -- LineAssembler --------------------------------------------------------------------------------
 
