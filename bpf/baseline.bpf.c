@@ -11,14 +11,7 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
-#include "marker.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, FLOWLABEL_DEFAULT_MAX_FLOWS);
-	__type(key, struct flow_key);
-	__type(value, struct flow_value);
-} flows SEC(".maps");
+#include "flows.bpf.h"
 
 SEC("tc")
 int baseline_egress(struct __sk_buff *skb)

@@ -19,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "flows.bpf.h"
 #include "marker.h"
 
 /* Extension headers walked before giving up on finding the ports. */
@@ -66,13 +67,6 @@ _Static_assert(__builtin_offsetof(struct flow_key, proto) == 36, "proto follows 
 struct counters {
 	__u64 n[FLOWLABEL_CNT_MAX];
 };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, FLOWLABEL_DEFAULT_MAX_FLOWS);
-	__type(key, struct flow_key);
-	__type(value, struct flow_value);
-} flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

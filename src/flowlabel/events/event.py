@@ -18,14 +18,13 @@ from typing import Any, Callable, NamedTuple, Union
 
 from .. import times
 from .._text import json_kind, show
-from ..flow import Flow, IPAddress
+from ..flow import PROTOCOLS, Flow, IPAddress
 from ..label import ACTIVITY_MAX, EXPERIMENT_MAX, LabelError, check_activity, check_experiment
 from ..registry import Registry, RegistryError, as_id
 
 __all__ = ["FIELDS", "PROTOCOLS", "STATES", "Data", "EventError", "FlowEvent"]
 
 STATES = ("start", "ongoing", "end")
-PROTOCOLS = ("tcp", "udp")
 #: The fields of an event, in the order the named-pipe line has them; all required in an API object.
 FIELDS = ("state", "protocol", "src_ip", "src_port", "dst_ip", "dst_port", "experiment", "activity")
 #: Each state and protocol keyed by itself: a dict lookup settles the usual, lower-case spelling.
