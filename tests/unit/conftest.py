@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowlabel.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
-# Published SciTags reference data kept beside the project checkout.
-SHARED_SCITAGS = ROOT.parent / "shared" / "scitags"
-PACKAGE_DATA = ROOT / "src" / "flowlabel" / "data"
-# A copy of the published firefly schema (v1.0.0, trailing commas and all).
+# Copies of published SciTags data: the firefly and registry schemas (v1.0.0, trailing commas
+# and all) and the registry as https://www.scitags.org/api.json served it (modified 2025-09-04).
 TEST_DATA = ROOT / "tests" / "data"
 
 
@@ -24,11 +23,31 @@ def registry() -> Registry:
 
 @pytest.fixture(scope="session")
 def reference_registry_path() -> Path:
-    """The published registry snapshot: the shared copy if present, else the package's."""
-    shared = SHARED_SCITAGS / "registry-api.json"
-    return shared if shared.is_file() else PACKAGE_DATA / "registry-api.json"
+    """The published registry snapshot, as the tests keep it (never the package's own copy)."""
+    return TEST_DATA / "registry-api.json"
+
+
+def schema_validator_of(path: Path) -> Any:
+    """A validator for the published JSON schema at ``path``, date-time formats checked."""
+    from event_samples import load_lenient_json
+
+    jsonschema = pytest.importorskip("jsonschema",
+                                     reason="jsonschema is not installed (pip install jsonschema)")
+    schema = load_lenient_json(path.read_text())
+    cls = jsonschema.Draft202012Validator
+    cls.check_schema(schema)
+    # Without a date-time checker the schema would accept any string as a time.
+    assert "date-time" in cls.FORMAT_CHECKER.checkers, "install jsonschema[format-nongpl]"
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 @pytest.fixture(scope="session")
-def firefly_schema_path() -> Path:
-    return TEST_DATA / "firefly.schema.json"
+def schema_validator() -> Any:
+    """The published firefly schema's validator."""
+    return schema_validator_of(TEST_DATA / "firefly.schema.json")
+
+
+@pytest.fixture(scope="session")
+def registry_schema_validator() -> Any:
+    """The published registry schema's validator."""
+    return schema_validator_of(TEST_DATA / "registry.schema.json")

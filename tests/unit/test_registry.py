@@ -42,6 +42,13 @@ def test_bundled_copy_matches_the_published_snapshot(
     assert registry.modified == json.loads(reference_registry_path.read_text())["modified"]
 
 
+def test_the_bundled_copy_follows_the_published_schema(registry_schema_validator: Any) -> None:
+    from importlib import resources
+
+    bundled = json.loads(resources.files("flowlabel").joinpath("data/registry-api.json").read_text())
+    registry_schema_validator.validate(bundled)
+
+
 def test_every_published_name_resolves(registry: Registry, reference_registry_path: Path) -> None:
     for exp_name, exp_id, activities in published_names(reference_registry_path):
         for form in variants(exp_name):
