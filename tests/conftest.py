@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -38,3 +40,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=KERNEL_UNAVAILABLE)
     for item in needing:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def pair() -> Iterator[Any]:
+    """Namespaces ``a`` and ``b`` joined by a veth pair (support.netns.Pair); deleted after the test."""
+    from support.netns import Pair
+
+    with Pair() as p:
+        yield p
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Any]]:
+    """Daemons (e2e_support.Daemon) a test started; any still running afterwards are killed."""
+    started: list[Any] = []
+    yield started
+    for daemon in started:
+        daemon.kill()

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,64 +27,9 @@ import pytest
 from flowlabel.api_client import ApiClient
 from flowlabel.label import Label, decode
 from flowlabel.marker import tcx_program_names
-from support import netns
-from support.netns import A, B, Capture, Namespace
+from support.netns import Namespace, Pair
 
 READY_TIMEOUT = 15.0
-
-
-class Pair(netns.Pair):
-    """A veth pair between namespaces, with the traffic the end-to-end tests send over it."""
-
-    def send_udp(self, flows: Iterable[tuple[int, int]], count: int = 3) -> None:
-        """``count`` datagrams a -> b for each (sport, dport)."""
-        with self.a.entered():
-            for sport, dport in flows:
-                with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind((A, sport))
-                    for _ in range(count):
-                        s.sendto(b"flowlabel e2e", (B, dport))
-
-    def tcp_labels(self, sport: int, dport: int, nbytes: int = 256 << 10) -> set[int]:
-        """Labels of the packets of one TCP connection a -> b (handshake and data), seen on b."""
-        with self.b.entered():
-            capture = Capture(self.if_b)
-            server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        try:
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind((B, dport))
-            server.listen(1)
-            with self.a.entered():
-                client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            with client:
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                client.bind((A, sport))
-                client.connect((B, dport))
-                conn, _ = server.accept()
-                with conn:
-                    client.sendall(b"t" * nbytes)
-                    client.shutdown(socket.SHUT_WR)
-                    received = 0
-                    while chunk := conn.recv(1 << 16):
-                        received += len(chunk)
-            assert received == nbytes
-            capture.drain(quiet=0.2)
-            return {p.label for p in capture.of(sport, dport)}
-        finally:
-            server.close()
-            capture.close()
-
-    def labels(self, flows: list[tuple[int, int]], count: int = 3) -> dict[tuple[int, int], set[int]]:
-        """Send on each flow and return the labels seen on b's side, by (sport, dport)."""
-        with self.b.entered():
-            capture = Capture(self.if_b)
-        try:
-            self.send_udp(flows, count)
-            capture.drain(quiet=0.2)
-            return {flow: {p.label for p in capture.of(*flow)} for flow in flows}
-        finally:
-            capture.close()
 
 
 class Daemon:

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import A, B, Daemon, Pair, attachments, decoded
+from e2e_support import Daemon, attachments, decoded
 
 from flowlabel.events import FlowEvent, format_firefly, parse_firefly
 from flowlabel.label import decode
 from flowlabel.marker import bundled_object, tcx_program_names
 from support.kernel import attach_modes
-from support.netns import Namespace
+from support.netns import A, B, Namespace, Pair
 from support.privilege import as_the_unit, capability_mask, unit_capabilities
 
 pytestmark = pytest.mark.netns

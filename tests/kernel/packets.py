@@ -162,6 +162,13 @@ def with_label(frame: bytes, ip6_offset: int, label: int) -> bytes:
 MAX_TEST_RUN_LEN = 3712
 
 
+def flow_frame(key: FlowKey, *, l3: bool = False) -> bytes:
+    """A minimal packet of the flow ``key``: TCP or UDP in IPv6, behind Ethernet unless ``l3``."""
+    transport = tcp(key.sport, key.dport) if key.proto == IPPROTO_TCP else udp(key.sport, key.dport)
+    packet = ipv6(key.saddr, key.daddr, key.proto, transport)
+    return packet if l3 else ethernet(packet)
+
+
 def kernel_refuses(data: bytes) -> bool | None:
     """Whether BPF_PROG_TEST_RUN rejects ``data`` (EINVAL) before the program runs.
 

@@ -12,40 +12,11 @@ from __future__ import annotations
 
 import struct
 
+import packets as pk
 import pytest
 from harness import Classifier
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from packets import (
-    ETH_P_8021AD,
-    ETH_P_8021Q,
-    ETH_P_ARP,
-    ETH_P_IP,
-    ETH_P_IPV6,
-    IPPROTO_AH,
-    IPPROTO_DSTOPTS,
-    IPPROTO_ESP,
-    IPPROTO_FRAGMENT,
-    IPPROTO_HOPOPTS,
-    IPPROTO_NONE,
-    IPPROTO_ROUTING,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
-    LABEL_MASK,
-    TC_ACT_OK,
-    Ext,
-    FlowKey,
-    addr,
-    classify,
-    ethernet,
-    ipv4,
-    ipv6,
-    kernel_refuses,
-    l3_saddr,
-    tcp,
-    udp,
-    with_label,
-)
 
 from flowlabel.marker import Program
 
@@ -53,10 +24,10 @@ pytestmark = pytest.mark.kernel
 
 EXAMPLES = 2500
 
-ADDRS = [addr("2001:db8::1"), addr("2001:db8::2"), addr("2001:db8:ffff::10"), addr("fe80::1")]
-L3_ADDRS = [l3_saddr(a) for a in ADDRS]
+ADDRS = [pk.addr("2001:db8::1"), pk.addr("2001:db8::2"), pk.addr("2001:db8:ffff::10"), pk.addr("fe80::1")]
+L3_ADDRS = [pk.l3_saddr(a) for a in ADDRS]
 PORTS = [0, 53, 443, 1094, 5001, 40312, 65535]
-WALKED = [IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_AH]
+WALKED = [pk.IPPROTO_HOPOPTS, pk.IPPROTO_ROUTING, pk.IPPROTO_DSTOPTS, pk.IPPROTO_FRAGMENT, pk.IPPROTO_AH]
 
 ports = st.one_of(st.sampled_from(PORTS), st.integers(0, 0xFFFF))
 labels = st.integers(0, 0xFFFFFFFF)
@@ -68,13 +39,13 @@ def mostly(draw: st.DrawFn, common: st.SearchStrategy, rare: st.SearchStrategy, 
 
 
 @st.composite
-def ext_headers(draw: st.DrawFn) -> Ext:
+def ext_headers(draw: st.DrawFn) -> pk.Ext:
     kind = mostly(draw, st.sampled_from(WALKED),
-                  st.one_of(st.sampled_from([IPPROTO_ESP, IPPROTO_NONE]), st.integers(0, 255)))
-    if kind == IPPROTO_FRAGMENT:
+                  st.one_of(st.sampled_from([pk.IPPROTO_ESP, pk.IPPROTO_NONE]), st.integers(0, 255)))
+    if kind == pk.IPPROTO_FRAGMENT:
         offset = mostly(draw, st.just(0), st.integers(1, 0x1FFF), 70)
-        return Ext(kind, frag_offset=offset, more=draw(st.booleans()))
-    return Ext(kind, hdrlen=draw(st.sampled_from([0, 0, 1, 1, 2, 3, 4, 31, 255])))
+        return pk.Ext(kind, frag_offset=offset, more=draw(st.booleans()))
+    return pk.Ext(kind, hdrlen=draw(st.sampled_from([0, 0, 1, 1, 2, 3, 4, 31, 255])))
 
 
 @st.composite
@@ -82,22 +53,22 @@ def ipv6_packets(draw: st.DrawFn, l3: bool) -> bytes:
     pool = L3_ADDRS if l3 else ADDRS
     saddr = mostly(draw, st.sampled_from(pool), st.binary(min_size=16, max_size=16))
     daddr = mostly(draw, st.sampled_from(ADDRS), st.binary(min_size=16, max_size=16))
-    proto = mostly(draw, st.sampled_from([IPPROTO_TCP, IPPROTO_UDP]), st.integers(0, 255))
+    proto = mostly(draw, st.sampled_from([pk.IPPROTO_TCP, pk.IPPROTO_UDP]), st.integers(0, 255))
     payload = draw(st.binary(max_size=24))
-    if proto == IPPROTO_TCP:
+    if proto == pk.IPPROTO_TCP:
         options = draw(st.sampled_from([b"", b"\x01\x01\x01\x01", bytes([2, 4, 5, 0xB4])]))
-        transport = tcp(draw(ports), draw(ports), payload, options=options)
-    elif proto == IPPROTO_UDP:
-        transport = udp(draw(ports), draw(ports), payload)
+        transport = pk.tcp(draw(ports), draw(ports), payload, options=options)
+    elif proto == pk.IPPROTO_UDP:
+        transport = pk.udp(draw(ports), draw(ports), payload)
     else:
         transport = payload
     exts = mostly(draw, st.lists(ext_headers(), max_size=3), st.lists(ext_headers(), max_size=8), 80)
     version = mostly(draw, st.just(6), st.integers(0, 15), 95)
-    return ipv6(saddr, daddr, proto, transport, exts=exts, tclass=draw(st.integers(0, 255)),
-                label=draw(st.integers(0, LABEL_MASK)), version=version)
+    return pk.ipv6(saddr, daddr, proto, transport, exts=exts, tclass=draw(st.integers(0, 255)),
+                label=draw(st.integers(0, pk.LABEL_MASK)), version=version)
 
 
-vlan_tag = st.tuples(st.sampled_from([ETH_P_8021Q, ETH_P_8021AD]), st.integers(0, 0xFFFF))
+vlan_tag = st.tuples(st.sampled_from([pk.ETH_P_8021Q, pk.ETH_P_8021AD]), st.integers(0, 0xFFFF))
 
 
 @st.composite
@@ -110,17 +81,18 @@ def frames(draw: st.DrawFn) -> tuple[bytes, bool]:
     if shape == "ipv6":
         packet = draw(ipv6_packets(l3))
         if not l3:
-            ethertype = mostly(draw, st.just(ETH_P_IPV6), st.integers(0, 0xFFFF), 95)
-            packet = ethernet(packet, ethertype, tags=draw(vlan_tags))
+            ethertype = mostly(draw, st.just(pk.ETH_P_IPV6), st.integers(0, 0xFFFF), 95)
+            packet = pk.ethernet(packet, ethertype, tags=draw(vlan_tags))
     elif shape == "ipv4":
-        v4 = ipv4(bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), IPPROTO_TCP, tcp(draw(ports), draw(ports)))
-        packet = v4 if l3 else ethernet(v4, ETH_P_IP, tags=draw(vlan_tags))
+        v4 = pk.ipv4(bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), pk.IPPROTO_TCP,
+                     pk.tcp(draw(ports), draw(ports)))
+        packet = v4 if l3 else pk.ethernet(v4, pk.ETH_P_IP, tags=draw(vlan_tags))
     elif shape == "other":
-        packet = ethernet(draw(st.binary(max_size=60)), draw(st.sampled_from([ETH_P_ARP, 0x88CC, 0x0042])),
-                          tags=draw(vlan_tags))
+        ethertype = draw(st.sampled_from([pk.ETH_P_ARP, 0x88CC, 0x0042]))
+        packet = pk.ethernet(draw(st.binary(max_size=60)), ethertype, tags=draw(vlan_tags))
     else:
         packet = draw(st.binary(min_size=14, max_size=120))
-        marker = draw(st.sampled_from([None, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD]))
+        marker = draw(st.sampled_from([None, pk.ETH_P_IPV6, pk.ETH_P_8021Q, pk.ETH_P_8021AD]))
         if marker is not None:
             packet = packet[:12] + struct.pack("!H", marker) + packet[14:]
 
@@ -137,9 +109,9 @@ def frames(draw: st.DrawFn) -> tuple[bytes, bool]:
     return packet, l3
 
 
-def look_alikes(key: FlowKey) -> list[FlowKey]:
+def look_alikes(key: pk.FlowKey) -> list[pk.FlowKey]:
     """Keys that differ from ``key`` in one field: they must never match it."""
-    other = IPPROTO_UDP if key.proto == IPPROTO_TCP else IPPROTO_TCP
+    other = pk.IPPROTO_UDP if key.proto == pk.IPPROTO_TCP else pk.IPPROTO_TCP
     return [
         key._replace(proto=other),
         key._replace(saddr=key.daddr, daddr=key.saddr, sport=key.dport, dport=key.sport),
@@ -163,9 +135,9 @@ def test_classifier_matches_the_model(l2_program: Program, l3_program: Program,
                                       case: tuple[bytes, bool], data: st.DataObject) -> None:
     frame, l3 = case
     marker = Classifier(l3_program if l3 else l2_program, l3=l3)
-    verdict = classify(frame, l3=l3)
+    verdict = pk.classify(frame, l3=l3)
 
-    entries: dict[FlowKey, int] = {}
+    entries: dict[pk.FlowKey, int] = {}
     if verdict.key is not None:
         if data.draw(st.booleans(), label="in map"):
             entries[verdict.key] = data.draw(labels, label="label")
@@ -174,7 +146,7 @@ def test_classifier_matches_the_model(l2_program: Program, l3_program: Program,
     try:
         for key, label in entries.items():
             marker.add(key, label)
-        refusal = kernel_refuses(frame)
+        refusal = pk.kernel_refuses(frame)
         if refusal is not False and marker.refused(frame):
             event("refused by BPF_PROG_TEST_RUN")
             return
@@ -183,7 +155,7 @@ def test_classifier_matches_the_model(l2_program: Program, l3_program: Program,
     finally:
         marker.clear()
 
-    assert out.run.retval == TC_ACT_OK
+    assert out.run.retval == pk.TC_ACT_OK
     assert len(out.run.data) == len(frame)
     label: int | None = entries.get(verdict.key) if verdict.key is not None else None
     if label is None:
@@ -191,7 +163,7 @@ def test_classifier_matches_the_model(l2_program: Program, l3_program: Program,
         outcome = "missed" if verdict.outcome == "flow" else verdict.outcome
     else:
         assert verdict.ip6_offset is not None
-        assert out.run.data == with_label(frame, verdict.ip6_offset, label & LABEL_MASK)
+        assert out.run.data == pk.with_label(frame, verdict.ip6_offset, label & pk.LABEL_MASK)
         outcome = "marked"
     assert out.counted == COUNTED[outcome]
     event(f"{'l3' if l3 else 'l2'} {outcome}")

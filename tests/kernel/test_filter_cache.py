@@ -26,11 +26,8 @@ from packets import (
     TC_ACT_OK,
     FlowKey,
     addr,
-    ethernet,
-    ipv6,
+    flow_frame,
     l3_saddr,
-    tcp,
-    udp,
     with_label,
 )
 
@@ -62,19 +59,13 @@ def one_cpu() -> Iterator[int]:
         os.sched_setaffinity(0, allowed)
 
 
-def frame(key: FlowKey, *, l3: bool = False) -> bytes:
-    transport = tcp(key.sport, key.dport) if key.proto == IPPROTO_TCP else udp(key.sport, key.dport)
-    packet = ipv6(key.saddr, key.daddr, key.proto, transport)
-    return packet if l3 else ethernet(packet)
-
-
 def packed(program: Program, key: FlowKey) -> bytes:
     return program.flows.key(key.proto, key.saddr, key.daddr, key.sport, key.dport)
 
 
 def label_of(program: Program, key: FlowKey, *, l3: bool = False) -> int | None:
     """The label the program writes into a packet of ``key``, or None if it leaves it alone."""
-    data = frame(key, l3=l3)
+    data = flow_frame(key, l3=l3)
     run = program.test_run(data)
     assert run.retval == TC_ACT_OK
     if run.data == data:
@@ -204,9 +195,9 @@ def test_cache_hit_counts_as_marked(small: Program, one_cpu: int) -> None:
         small.flows.put(packed(small, key), 0x54321)
         label_of(small, key)  # fills the cache
         before = small.counters()
-        run = small.test_run(frame(key), repeat=100)
+        run = small.test_run(flow_frame(key), repeat=100)
         after = small.counters()
-        assert run.data == with_label(frame(key), 14, 0x54321)
+        assert run.data == with_label(flow_frame(key), 14, 0x54321)
         assert after["marked"] - before["marked"] == 100
         assert after["seen"] - before["seen"] == 100
     finally:

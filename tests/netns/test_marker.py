@@ -12,7 +12,6 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -26,12 +25,6 @@ from support.privilege import as_the_unit
 pytestmark = pytest.mark.netns
 
 LABEL = 0xABCDE
-
-
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    with Pair() as p:
-        yield p
 
 
 def tcp_transfer(pair: Pair, marker: Marker | None, nbytes: int, label: int | None) -> tuple[int, int]:

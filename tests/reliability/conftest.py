@@ -53,15 +53,6 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Any]]:
-    """Daemons a test started; any still running afterwards are killed."""
-    started: list[Any] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-@pytest.fixture
 def namespace() -> Iterator[Any]:
     """A network namespace of its own with loopback up, deleted after the test."""
     from support.netns import Namespace

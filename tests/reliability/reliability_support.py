@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlabel.bpf.ext import key_packer
+from flowlabel.defaults import MAX_FLOWS
 from support.daemon_map import flow_map_fd
 
 LOOPBACK = socket.inet_pton(socket.AF_INET6, "::1")
@@ -127,7 +128,7 @@ def percentiles(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), p99, ordered[-1]
 
 
-def loopback_daemon(ns: Any, root: Path, *, max_flows: int = 131072, firefly: bool = False,
+def loopback_daemon(ns: Any, root: Path, *, max_flows: int = MAX_FLOWS, firefly: bool = False,
                     **top: Any) -> Any:
     """A daemon marking on the namespace's loopback, with the pipe and the API (and fireflies)."""
     from e2e_support import Daemon

@@ -13,24 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import A, B, Daemon, Pair, attachments, decoded
+from e2e_support import Daemon, attachments, decoded
 from reliability_support import KernelMap, flow_line, wait_until, write_lines
 
 from support import STRESS
 from support.kernel import attach_modes
+from support.netns import A, B, Pair
 
 pytestmark = pytest.mark.netns
 
 BURST = 100_000 if STRESS else 20_000
-
-
-@pytest.fixture
-def pair() -> Any:
-    p = Pair()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def burst(path: str) -> None:

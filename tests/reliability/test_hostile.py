@@ -199,20 +199,24 @@ def flood_udp(ns: Any, port: int, stop_at: float) -> None:
             time.sleep(max(0.0, next_at - time.monotonic()))
 
 
+@pytest.fixture
+def daemon(namespace: Any, tmp_path: Path, daemons: list[Any]) -> Any:
+    """A daemon on the namespace's loopback with the pipe, the API and the firefly listener, started."""
+    started = loopback_daemon(namespace, tmp_path, firefly=True)
+    daemons.append(started.start())
+    return started
+
+
 @pytest.mark.netns
-def test_a_flood_of_garbage_does_not_starve_valid_events(
-    namespace: Any, tmp_path: Path, daemons: list[Any], report: dict[str, Any]
-) -> None:
-    daemon = loopback_daemon(namespace, tmp_path, firefly=True)
-    daemons.append(daemon.start())
+def test_a_flood_of_garbage_does_not_starve_valid_events(daemon: Any, report: dict[str, Any]) -> None:
     assert daemon.process is not None
     stop_at = time.monotonic() + FLOOD_SECONDS
     context = multiprocessing.get_context("fork")
     flooders = [context.Process(target=flood_pipe, args=(str(daemon.pipe_path), stop_at)),
-                context.Process(target=flood_udp, args=(namespace, 10514, stop_at))]
+                context.Process(target=flood_udp, args=(daemon.ns, 10514, stop_at))]
     for p in flooders:
         p.start()
-    with namespace.entered():
+    with daemon.ns.entered():
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     latencies: dict[str, list[float]] = {"pipe": [], "firefly": []}
     lost: dict[str, int] = {"pipe": 0, "firefly": 0}
@@ -270,17 +274,13 @@ def test_a_flood_of_garbage_does_not_starve_valid_events(
 
 
 @pytest.mark.netns
-def test_oversized_and_undecodable_input_is_rejected_and_counted(
-    namespace: Any, tmp_path: Path, daemons: list[Any], report: dict[str, Any]
-) -> None:
-    daemon = loopback_daemon(namespace, tmp_path, firefly=True)
-    daemons.append(daemon.start())
+def test_oversized_and_undecodable_input_is_rejected_and_counted(daemon: Any, report: dict[str, Any]) -> None:
     # A line of a megabyte without a newline, then one with; invalid UTF-8; a line at the limit.
     daemon.write_pipe(b"y" * (1 << 20))
     daemon.write_pipe(b"z" * 5000 + b"\n" + b"start tcp ::1 \xff\xfe ::1 2 3 4\n")
     daemon.write_pipe(flow_line("start", 41000, 443, 1, 1).rstrip(b"\n").ljust(1000) + b"\n")
     daemon.write_pipe(flow_line("start", 41001, 443, 1, 1).rstrip(b"\n").ljust(1001) + b"\n")
-    with namespace.entered():
+    with daemon.ns.entered():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with s:
         s.sendto(b"{" + b" " * 65000 + b"}", ("127.0.0.1", 10514))

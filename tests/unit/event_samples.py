@@ -12,10 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from flowlabel.events import (
-    EventError,
-    FlowEvent,
-)
+from flowlabel.events import EventError, FlowEvent
 
 UTC = timezone.utc
 V6A = ipaddress.ip_address("2001:db8:10::5")
@@ -219,6 +216,9 @@ PIPE_SAMPLES = [
     "end udp 192.0.2.1 0 198.51.100.2 65535 511 63",
     "ongoing tcp ::ffff:192.0.2.1 1094 ::1 443 0 0",
 ]
+#: The event of the first pipe sample (and of the API sample, less its time and application).
+SAMPLE_EVENT = FlowEvent("start", "tcp", ipaddress.ip_address("2001:db8::1"),
+                         ipaddress.ip_address("2001:db8::2"), 2345, 5777, 2, 15)
 
 
 # -- hypothesis strategies ------------------------------------------------------------------------

@@ -8,18 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from event_samples import (
-    PIPE_SAMPLES,
-    UTC,
-    V6A,
-    V6B,
-    expect_error,
-)
+from event_samples import PIPE_SAMPLES, UTC, V6A, V6B, expect_error
 
-from flowlabel.events import (
-    FlowEvent,
-    parse_line,
-)
+from flowlabel.events import FlowEvent, parse_line
 from flowlabel.flow import Flow
 
 # -- FlowEvent ------------------------------------------------------------------------------------

@@ -9,24 +9,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from event_samples import (
-    API_SAMPLE,
-    FUZZ,
-    PIPE_SAMPLES,
-    SAMPLES,
-    api,
-    json_part,
-)
+from event_samples import API_SAMPLE, FUZZ, PIPE_SAMPLES, SAMPLES, api, json_part
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from flowlabel.events import (
-    EventError,
-    FlowEvent,
-    parse_api,
-    parse_firefly,
-    parse_line,
-)
+from flowlabel.events import EventError, FlowEvent, parse_api, parse_firefly, parse_line
 from flowlabel.registry import Registry
 
 # -- fuzzing: only EventError may escape ------------------------------------------------------------

@@ -24,12 +24,7 @@ from event_samples import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowlabel.events import (
-    FlowEvent,
-    format_firefly,
-    parse_firefly,
-    parse_line,
-)
+from flowlabel.events import FlowEvent, format_firefly, parse_firefly, parse_line
 
 # -- fireflies -------------------------------------------------------------------------------------
 

@@ -43,21 +43,20 @@ from .._text import json_kind
 from ..registry import Registry
 from .event import (
     FIELDS,
-    PROTOCOLS,
-    STATES,
     Data,
     EventError,
     FlowEvent,
     address,
-    choice,
     decode_text,
     integer,
     integral,
     new_event,
     optional_str,
     optional_time,
+    protocol_word,
     resolve_ids,
     same_family,
+    state_word,
 )
 
 __all__ = ["format_api", "parse_api"]
@@ -91,8 +90,8 @@ def parse_api(obj: Mapping[str, Any] | Data, registry: Registry | None = None) -
     if missing:
         raise EventError(missing[0], "required key missing")
     # Checked in the order of the documented fields, so the first bad one is reported.
-    state = choice(obj["state"], STATES, "state")
-    protocol = choice(obj["protocol"], PROTOCOLS, "protocol")
+    state = state_word(obj["state"], "state")
+    protocol = protocol_word(obj["protocol"], "protocol")
     src = address(obj["src_ip"], "src_ip")
     sport = integer(integral(obj["src_port"]), "src_port", 0, 65535)
     dst = address(obj["dst_ip"], "dst_ip")

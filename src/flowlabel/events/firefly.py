@@ -29,10 +29,6 @@ from .. import times
 from .._text import json_kind, show
 from ..flow import IPAddress
 from .event import (
-    PROTOCOL_WORDS,
-    PROTOCOLS,
-    STATE_WORDS,
-    STATES,
     Data,
     EventError,
     FlowEvent,
@@ -45,6 +41,8 @@ from .event import (
     integral,
     new_event,
     parse_address,
+    protocol_word,
+    state_word,
 )
 
 __all__ = ["format_firefly", "parse_firefly"]
@@ -144,8 +142,7 @@ def parse_firefly(data: Data) -> FlowEvent:
 
     life = _object(_member(doc, "flow-lifecycle", ""), "flow-lifecycle")
     state = _member(life, "state", "flow-lifecycle")
-    if type(state) is not str or state not in STATE_WORDS:
-        state = choice(state, STATES, "flow-lifecycle.state")
+    state = state_word(state, "flow-lifecycle.state")
     start_time = date_time(
         _string(_member(life, "start-time", "flow-lifecycle"), "flow-lifecycle.start-time"),
         "flow-lifecycle.start-time",
@@ -168,8 +165,7 @@ def parse_firefly(data: Data) -> FlowEvent:
     src = _address_in(_member(fid, "src-ip", "flow-id"), "flow-id.src-ip", version_wanted)
     dst = _address_in(_member(fid, "dst-ip", "flow-id"), "flow-id.dst-ip", version_wanted)
     protocol = _member(fid, "protocol", "flow-id")
-    if type(protocol) is not str or protocol not in PROTOCOL_WORDS:
-        protocol = choice(protocol, PROTOCOLS, "flow-id.protocol")
+    protocol = protocol_word(protocol, "flow-id.protocol")
     sport = integer(integral(_member(fid, "src-port", "flow-id")), "flow-id.src-port", 1, 65535)
     dport = integer(integral(_member(fid, "dst-port", "flow-id")), "flow-id.dst-port", 1, 65535)
 

@@ -20,19 +20,16 @@ from ..registry import Registry
 from .event import (
     ADDRESSES,
     FIELDS,
-    PROTOCOL_WORDS,
-    PROTOCOLS,
-    STATE_WORDS,
-    STATES,
     Data,
     EventError,
     FlowEvent,
-    choice,
     decode_text,
     new_event,
     parse_address,
+    protocol_word,
     resolve_ids,
     same_family,
+    state_word,
 )
 
 __all__ = ["format_line", "parse_line"]
@@ -59,8 +56,8 @@ def parse_line(line: Data, registry: Registry | None = None) -> FlowEvent:
             "line", f"expected 8 fields ({' '.join(FIELDS)}), got {len(parts)}: {show(text)}"
         )
     state, protocol, src_text, sport_text, dst_text, dport_text, exp_text, act_text = parts
-    state = STATE_WORDS.get(state) or choice(state, STATES, "state")
-    protocol = PROTOCOL_WORDS.get(protocol) or choice(protocol, PROTOCOLS, "protocol")
+    state = state_word(state, "state")
+    protocol = protocol_word(protocol, "protocol")
     src = ADDRESSES.get(src_text) or parse_address(src_text, "src_ip")
     sport = _pipe_port(sport_text, "src_port")
     dst = ADDRESSES.get(dst_text) or parse_address(dst_text, "dst_ip")
