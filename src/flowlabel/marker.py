@@ -186,7 +186,9 @@ class Marker:
 
     def add(self, flow: Flow, label: int) -> None:
         """Mark the flow's packets with ``label`` (20 bits); replaces an earlier label."""
-        flows = self._map()
+        flows = self._flows if not self._closed else None
+        if flows is None:  # one check on the hot path; _map() says what is wrong
+            flows = self._map()
         if not 0 <= label <= 0xFFFFF:
             raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
         for key in self._oriented_keys(flows, flow):
@@ -208,7 +210,9 @@ class Marker:
 
     def remove(self, flow: Flow) -> bool:
         """Stop marking the flow; False if it was not marked."""
-        flows = self._map()
+        flows = self._flows if not self._closed else None
+        if flows is None:
+            flows = self._map()
         removed = False
         for key in self._oriented_keys(flows, flow):
             removed = flows.delete(key) or removed

@@ -27,9 +27,9 @@ __all__ = ["FIELDS", "PROTOCOLS", "STATES", "Data", "EventError", "FlowEvent"]
 STATES = ("start", "ongoing", "end")
 #: The fields of an event, in the order the named-pipe line has them; all required in an API object.
 FIELDS = ("state", "protocol", "src_ip", "src_port", "dst_ip", "dst_port", "experiment", "activity")
-# Each state and protocol keyed by itself: a dict lookup settles the usual, lower-case spelling.
-_STATE_WORDS = {s: s for s in STATES}
-_PROTOCOL_WORDS = {p: p for p in PROTOCOLS}
+#: Each state and protocol keyed by itself: a dict lookup settles the usual, lower-case spelling.
+STATE_WORDS = {s: s for s in STATES}
+PROTOCOL_WORDS = {p: p for p in PROTOCOLS}
 
 #: What the parsers take as raw input: text, or UTF-8 encoded bytes.
 Data = Union[str, bytes, bytearray, memoryview]
@@ -128,12 +128,12 @@ class FlowEvent(NamedTuple):
 
 def state_word(value: object, field: str) -> str:
     """``value`` as one of STATES (any case)."""
-    return (type(value) is str and _STATE_WORDS.get(value)) or choice(value, STATES, field)
+    return (type(value) is str and STATE_WORDS.get(value)) or choice(value, STATES, field)
 
 
 def protocol_word(value: object, field: str) -> str:
     """``value`` as one of PROTOCOLS (any case)."""
-    return (type(value) is str and _PROTOCOL_WORDS.get(value)) or choice(value, PROTOCOLS, field)
+    return (type(value) is str and PROTOCOL_WORDS.get(value)) or choice(value, PROTOCOLS, field)
 
 
 def choice(value: object, choices: tuple[str, ...], field: str) -> str:

@@ -20,6 +20,8 @@ from ..registry import Registry
 from .event import (
     ADDRESSES,
     FIELDS,
+    PROTOCOL_WORDS,
+    STATE_WORDS,
     Data,
     EventError,
     FlowEvent,
@@ -33,6 +35,12 @@ from .event import (
 )
 
 __all__ = ["format_line", "parse_line"]
+
+# The lookups of the hot path, bound once: Python 3.11 calls a method of an imported
+# name through a bound method object made on every call.
+_state_word = STATE_WORDS.get
+_protocol_word = PROTOCOL_WORDS.get
+_cached_address = ADDRESSES.get
 
 
 def _pipe_port(text: str, field: str) -> int:
@@ -56,11 +64,11 @@ def parse_line(line: Data, registry: Registry | None = None) -> FlowEvent:
             "line", f"expected 8 fields ({' '.join(FIELDS)}), got {len(parts)}: {show(text)}"
         )
     state, protocol, src_text, sport_text, dst_text, dport_text, exp_text, act_text = parts
-    state = state_word(state, "state")
-    protocol = protocol_word(protocol, "protocol")
-    src = ADDRESSES.get(src_text) or parse_address(src_text, "src_ip")
+    state = _state_word(state) or state_word(state, "state")
+    protocol = _protocol_word(protocol) or protocol_word(protocol, "protocol")
+    src = _cached_address(src_text) or parse_address(src_text, "src_ip")
     sport = _pipe_port(sport_text, "src_port")
-    dst = ADDRESSES.get(dst_text) or parse_address(dst_text, "dst_ip")
+    dst = _cached_address(dst_text) or parse_address(dst_text, "dst_ip")
     dport = _pipe_port(dport_text, "dst_port")
     if src.version != dst.version:
         same_family(src, dst, "dst_ip")
