@@ -84,14 +84,14 @@ struct {
 	__type(value, __u64);
 } filter SEC(".maps");
 
-/* Bumped by user space when a cached label may have become wrong (marker.h). */
+/* The cache generation and the idle epoch, kept by user space (marker.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} generation SEC(".maps");
+	__type(value, struct flow_clock);
+} clock SEC(".maps");
 
 /*
  * The last flow this CPU found in the map: bulk transfers send trains of
@@ -353,15 +353,15 @@ static __always_inline int filter_passes(const struct flow_key *key)
  */
 static __always_inline int flow_label(union flow_key_words *kw, __u32 *label)
 {
-	__u32 zero = 0;
-	__u64 *gen_ptr = bpf_map_lookup_elem(&generation, &zero);
+	__u32 zero = 0, epoch;
+	struct flow_clock *clk = bpf_map_lookup_elem(&clock, &zero);
 	struct cache_entry *c = bpf_map_lookup_elem(&cache, &zero);
 	struct flow_value *val;
 	__u64 gen, diff;
 
-	if (!gen_ptr || !c)
+	if (!clk || !c)
 		return 0;
-	gen = *(volatile __u64 *)gen_ptr;
+	gen = *(volatile __u64 *)&clk->generation;
 	diff = (c->key.w[0] ^ kw->w[0]) | (c->key.w[1] ^ kw->w[1]) | (c->key.w[2] ^ kw->w[2]) |
 	       (c->key.w[3] ^ kw->w[3]) | (c->key.w[4] ^ kw->w[4]) | (c->generation ^ gen);
 	if (!diff) {
@@ -373,6 +373,10 @@ static __always_inline int flow_label(union flow_key_words *kw, __u32 *label)
 	if (!val)
 		return 0;
 	*label = val->label; /* read once: user space may rewrite it meanwhile */
+	/* Written once per flow and epoch: the epoch's new generation sent the flow here. */
+	epoch = *(volatile __u32 *)&clk->epoch;
+	if (val->seen != epoch)
+		val->seen = epoch;
 	c->key.w[0] = kw->w[0];
 	c->key.w[1] = kw->w[1];
 	c->key.w[2] = kw->w[2];

@@ -37,11 +37,13 @@ struct flow_key {
 
 /*
  * label: the 20-bit flow label to write, in host byte order (higher bits are
- * ignored). flags: not read by the classifier.
+ * ignored). seen: the clock's epoch when the classifier last looked the flow
+ * up; user space writes the current epoch whenever it writes the entry, so
+ * epoch - seen is how long the flow carried no packet (or none was written).
  */
 struct flow_value {
 	__u32 label;
-	__u32 flags;
+	__u32 seen;
 };
 
 /*
@@ -86,12 +88,22 @@ enum flowlabel_counter {
 #define FLOWLABEL_FILTER_BITS_PER_FLOW 8
 
 /*
- * The `generation` map: one mmapable __u64 that user space increments after
- * every change of the flow map other than the insertion of a new key (a label
- * replaced, a flow removed, the map cleared). The classifier's per-CPU cache
- * of the last flow it marked is valid only while the generation is the one
- * it read before its lookup.
+ * The `clock` map: one mmapable struct flow_clock, written by user space.
+ *   generation  incremented after every change of the flow map other than the
+ *               insertion of a new key (a label replaced, a flow removed, the
+ *               map cleared). The classifier's per-CPU cache of the last flow
+ *               it marked is valid only while the generation is the one it
+ *               read before its lookup.
+ *   epoch       user space's clock for idle flows (seconds). With each new
+ *               epoch it bumps the generation too, so that the next packet of
+ *               every flow takes the lookup, which records the epoch in the
+ *               entry's seen: once per flow and epoch, never per packet.
  */
+struct flow_clock {
+	__u64 generation;
+	__u32 epoch;
+	__u32 pad;
+};
 
 /* Load-time options, the classifier's `const volatile struct marker_config cfg`. */
 struct marker_config {

@@ -16,6 +16,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 MARKER_H = HERE.parent / "bpf" / "marker.h"
+SOCKETS_H = HERE.parent / "bpf" / "sockets.h"
 
 LIBBPF_CDEF = """
 typedef uint8_t __u8;
@@ -49,6 +50,7 @@ int bpf_program__fd(const struct bpf_program *prog);
 int bpf_program__set_expected_attach_type(struct bpf_program *prog, enum bpf_attach_type type);
 struct bpf_link *bpf_program__attach_tcx(const struct bpf_program *prog, int ifindex,
                                          const struct bpf_tcx_opts *opts);
+struct bpf_link *bpf_program__attach_cgroup(const struct bpf_program *prog, int cgroup_fd);
 int bpf_link__destroy(struct bpf_link *link);
 int bpf_link__fd(const struct bpf_link *link);
 
@@ -114,8 +116,9 @@ def glue_cdef() -> str:
     """The function prototypes of glue.h."""
     text = (HERE / "glue.h").read_text()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    opaque = re.findall(r"^struct \w+;$", text, flags=re.M)
     protos = re.findall(r"^(?:void|int|const char|struct \w+)[^;#]*\);", text, flags=re.M)
-    return "\n".join(protos)
+    return "\n".join(opaque + protos)
 
 
 def make_ffi() -> FFI:
@@ -123,6 +126,7 @@ def make_ffi() -> FFI:
     ffi.cdef(LIBBPF_CDEF)
     ffi.cdef(glue_cdef())
     ffi.cdef(marker_cdef())
+    ffi.cdef(marker_cdef(SOCKETS_H))
     ffi.cdef(MARKER_FUNCTIONS_CDEF)
     ffi.set_source(
         "flowlabel._bpf",
@@ -131,6 +135,7 @@ def make_ffi() -> FFI:
 #include <bpf/libbpf.h>
 #include "glue.h"
 #include "marker.h"
+#include "sockets.h"
 """,
     )
     return ffi

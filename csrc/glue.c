@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
 #include <sys/mman.h>
@@ -15,6 +16,9 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <linux/types.h>
+
+#include "sockets.h"
 
 /*
  * The log keeps the most recent output: on overflow the oldest half goes, so a
@@ -299,5 +303,67 @@ int fl_probe_memlock_charged(void)
 		return -EPERM;
 	default:
 		return -EIO;
+	}
+}
+
+struct fl_ring {
+	struct ring_buffer *rb;
+	struct socket_event *out;
+	int max;
+	int taken;
+};
+
+static int ring_copy(void *ctx, void *data, size_t size)
+{
+	struct fl_ring *ring = ctx;
+
+	if (ring->taken == ring->max)
+		return -E2BIG; /* stops here: this event stays in the ring */
+	if (size != sizeof(struct socket_event))
+		return 0; /* not ours to read */
+	memcpy(&ring->out[ring->taken++], data, size);
+	return 0;
+}
+
+struct fl_ring *fl_ring_open(int map_fd)
+{
+	struct fl_ring *ring = calloc(1, sizeof(*ring));
+
+	if (!ring)
+		return NULL;
+	ring->rb = ring_buffer__new(map_fd, ring_copy, ring, NULL);
+	if (!ring->rb) {
+		int err = errno;
+
+		free(ring);
+		errno = err;
+		return NULL;
+	}
+	return ring;
+}
+
+int fl_ring_fd(struct fl_ring *ring)
+{
+	return ring_buffer__epoll_fd(ring->rb);
+}
+
+int fl_ring_take(struct fl_ring *ring, struct socket_event *out, int max)
+{
+	int err;
+
+	ring->out = out;
+	ring->max = max;
+	ring->taken = 0;
+	err = ring_buffer__consume(ring->rb);
+	if (err < 0 && err != -E2BIG)
+		return err;
+	return ring->taken;
+}
+
+void fl_ring_close(struct fl_ring *ring)
+{
+	if (ring) {
+		ring_buffer__free(ring->rb);
+		free(ring);
 	}
 }

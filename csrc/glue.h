@@ -11,6 +11,8 @@
 #include <stdint.h>
 
 struct bpf_object;
+struct socket_event;
+struct fl_ring;
 
 /* libbpf's messages (verifier log included) go to a buffer instead of stderr. */
 void fl_log_clear(void);
@@ -46,6 +48,16 @@ int fl_probe_batch_ops(void);
  * a child process, which can lower its limit to zero without touching ours.
  */
 int fl_probe_memlock_charged(void);
+
+/*
+ * The socket watcher's ring buffer: fl_ring_fd is a descriptor to wait on,
+ * fl_ring_take copies up to max events into out and returns how many (or a
+ * negative errno); what does not fit stays in the ring for the next call.
+ */
+struct fl_ring *fl_ring_open(int map_fd);
+int fl_ring_fd(struct fl_ring *ring);
+int fl_ring_take(struct fl_ring *ring, struct socket_event *out, int max);
+void fl_ring_close(struct fl_ring *ring);
 
 /* Kernel facts about a loaded program. */
 int fl_prog_info(int prog_fd, uint32_t *id, uint32_t *jited_len, uint32_t *xlated_len,

@@ -31,7 +31,7 @@ class Feature(NamedTuple):
     required: bool
 
 
-#: What the marker needs from the kernel beyond a tc classifier with an LRU hash map
+#: What the marker needs from the kernel beyond a tc classifier with a hash map
 #: and read-only global data (Linux 5.2); docs/kernels.md lists the same.
 FEATURES = (
     Feature("mmap arrays", "memory-mappable BPF arrays (BPF_F_MMAPABLE)", "5.5", True),

@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from ._text import show_json
-from .defaults import API_PORT, ATTACH_MODES, FIREFLY_PORT, LOG_LEVELS, MAX_FLOWS, MAX_FLOWS_LIMIT
+from .defaults import (
+    API_PORT,
+    ATTACH_MODES,
+    FIREFLY_PORT,
+    IDLE_TIMEOUT,
+    LOG_LEVELS,
+    MAX_FLOWS,
+    MAX_FLOWS_LIMIT,
+    SOCKET_TRACKING,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -182,6 +191,12 @@ class Ebpf:
     max_flows: int = _opt(MAX_FLOWS, _range(1, MAX_FLOWS_LIMIT))
     debug_mode: bool = _opt(False)
     marking_strategy: str = _opt("flowLabel", _marking)
+    #: Seconds without a packet after which a flow that nothing else ends (UDP, TCP without a local
+    #: end) is ended; 0 never.
+    idle_timeout: int = _opt(IDLE_TIMEOUT, _range(0, 7 * 86400))
+    #: How TCP flows with a local end end with their socket: "auto" (kernel events where they can
+    #: be had, else polling), "events", "polling", or "off" (then they are subject to idleTimeout).
+    socket_tracking: str = _opt("auto", _one_of(*SOCKET_TRACKING))
 
     @property
     def interfaces(self) -> list[str]:

@@ -25,11 +25,12 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from . import __version__
+from . import __version__, times
 from .config import Config
 from .events import FlowEvent
 from .flow import Flow
 from .flowtable import ENDED, FAILED, REJECTED, Change, FlowRecord, FlowTable
+from .lifecycle import reap
 from .logs import RateLimitedLog
 from .metrics import Family, Metrics
 from .persistence import Persistence
@@ -47,8 +48,10 @@ log = logging.getLogger("flowlabel")
 
 #: Seconds between checks that the marked interfaces are still the same devices.
 INTERFACE_CHECK_INTERVAL = 2.0
-#: Seconds between checks that the classifier's map holds every entry the daemon put there.
-MAP_CHECK_INTERVAL = 5.0
+#: The source name of the end events of flows that ended by themselves, and the reason for those
+#: that belonged to a previous boot.
+LIFECYCLE = "lifecycle"
+PREVIOUS_BOOT = "previous_boot"
 #: Rejected inputs logged per second; beyond that they are counted and summed up in one line.
 REJECT_LOG_LIMIT = 50
 
@@ -81,6 +84,9 @@ class Daemon:
         self.ready: asyncio.Event | None = None
         self._started = time.monotonic()
         self._served = False
+        self._ended_by_reason: dict[str, int] = {}
+        # Flows of the last run that belong to a previous boot: ended once the backends run.
+        self._previous_boot: list[FlowRecord] = []
         self._summarised: dict[tuple[str, str], int] = {}
         self.metrics.add_collector(self._families)
 
@@ -126,6 +132,10 @@ class Daemon:
             restored = self._persistence.restore()
         except OSError as exc:
             raise StartupError(f"cannot open the journal in {cfg.work_dir}: {exc.strerror}") from None
+        if self._persistence.previous_boot:
+            # Their connections died with the host: never marked again, ended once everything runs.
+            self._previous_boot, restored = restored, []
+            log.info("%d flows of the last run belong to a previous boot: they end", len(self._previous_boot))
         self._start_backends(restored)
         plugins = cfg.plugins
         if plugins.named_pipe is None and plugins.api is None and plugins.firefly is None:
@@ -161,7 +171,12 @@ class Daemon:
         ebpf = self._ebpf
         if ebpf is not None:
             self._background(lambda: self._watch_interfaces(ebpf), "watching the interfaces")
-            self._background(lambda: self._check_map(ebpf), "checking the flow map")
+            reaper = ebpf.reaper
+            if reaper is not None:
+                self._background(lambda: reap(reaper, self.end_flows), "ending flows that end by themselves")
+        if self._previous_boot:
+            self.end_flows([(record.flow, PREVIOUS_BOOT) for record in self._previous_boot])
+            self._previous_boot = []
 
     def _background(self, job: Callable[[], Awaitable[None]], what: str) -> None:
         """Run ``job`` until the daemon stops; restart it, after logging why, if it fails."""
@@ -201,9 +216,12 @@ class Daemon:
             self._listeners.append(
                 "marking on " + ", ".join(f"{name} ({mode})" for name, mode in modes.items())
             )
+            if self._ebpf.reaper is not None:
+                self._listeners.append(f"TCP sockets: {self._ebpf.reaper.mode}")
         else:
             self._listeners.append("not marking (no ebpf backend)")
         added = self.table.restore(restored)
+        self.table.restore(self._previous_boot)  # to be ended, as a record each
         self._persistence.restored()
         self._listeners.append(f"{added} flows restored")
         if backends.firefly is not None:
@@ -294,6 +312,23 @@ class Daemon:
             return change._replace(outcome=FAILED, relabel=False)
         return change
 
+    def end_flows(self, ended: Sequence[tuple[Flow, str]]) -> None:
+        """End flows that ended by themselves (lifecycle.py), as their end events would."""
+        if not ended:
+            return
+        now = times.now()
+        events = []
+        for flow, reason in ended:
+            record = self.table.get(flow)
+            if record is None:
+                continue
+            events.append(FlowEvent("end", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
+                                    record.experiment, record.activity, record.start_time, now,
+                                    record.application))
+            self._ended_by_reason[reason] = self._ended_by_reason.get(reason, 0) + 1
+            log.debug("%s ended by itself: %s", flow, reason)
+        self.submit(events, LIFECYCLE)
+
     def reject(self, source: str, reason: str) -> None:
         self.metrics.count(source, REJECTED)
         self._rejects.warning("rejected %s input: %s", source, reason)
@@ -318,6 +353,9 @@ class Daemon:
     def _families(self) -> list[Family]:
         families = [
             Family.single("flowlabel_active_flows", "gauge", "Flows being marked", len(self.table)),
+            Family("flowlabel_flows_ended_total", "counter",
+                   "Flows that ended by themselves, by reason (no end event came)",
+                   [((("reason", reason),), n) for reason, n in sorted(self._ended_by_reason.items())]),
             *self._persistence.families(),
         ]
         for backend in (self._ebpf, self._firefly):
@@ -331,15 +369,6 @@ class Daemon:
         while True:
             await asyncio.sleep(INTERFACE_CHECK_INTERVAL)
             ebpf.check_interfaces()
-
-    async def _check_map(self, ebpf: EbpfBackend) -> None:
-        interval = MAP_CHECK_INTERVAL
-        while True:
-            await asyncio.sleep(interval)
-            began = time.perf_counter()
-            ebpf.check_map()
-            # However large the map, counting it takes at most a hundredth of the time.
-            interval = max(MAP_CHECK_INTERVAL, (time.perf_counter() - began) * 100)
 
     async def _summarise_periodically(self) -> None:
         while True:

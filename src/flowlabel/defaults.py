@@ -15,5 +15,9 @@ MAX_FLOWS_LIMIT = 1 << 24
 #: How the classifier attaches: "tcx" (a TCX link, Linux 6.6), "tc" (a clsact qdisc with a
 #: direct-action cls_bpf filter) or "auto" (TCX where the kernel has it).
 ATTACH_MODES = ("auto", "tcx", "tc")
+#: Seconds without a packet before a flow that nothing else ends is ended.
+IDLE_TIMEOUT = 300
+#: How TCP flows with a local end learn that their socket closed (see docs/daemon.md).
+SOCKET_TRACKING = ("auto", "events", "polling", "off")
 #: Log levels, least severe first.
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -47,10 +47,6 @@ __all__ = [
 
 #: Seconds a read of the host's addresses is trusted when a flow has no local end.
 LOCAL_ADDRESS_TTL = 2.0
-# The kernel's LRU map may evict before it is full (its free nodes are spread
-# over CPUs, and an update takes a fresh node even for an existing key), so it
-# is sized above the capacity the Marker enforces.
-_LRU_SLACK_MIN = 1024
 
 
 class Marker:
@@ -92,6 +88,8 @@ class Marker:
         self._tcx = attach == "tcx" or (attach == "auto" and has_tcx())
         self._programs: dict[bool, Program] = {}  # by l3
         self._flows: FlowMap | None = None  # the programs' shared flow map
+        # The flow, or flows (with the label each asked for, most recent last), holding each map key.
+        self._owners: dict[bytes, Flow | dict[Flow, int]] = {}
         self._attachments: dict[str, Attachment] = {}
         self._local: frozenset[bytes] = frozenset()  # packed addresses
         self._local_read = 0.0
@@ -111,14 +109,12 @@ class Marker:
         prog = self._programs.get(l3)
         if prog is None:
             other = next(iter(self._programs.values()), None)
-            capacity = self.max_flows + max(_LRU_SLACK_MIN, self.max_flows // 4)
-            prog = Program(self._program_path, debug=self._debug, l3=l3, max_flows=capacity,
+            prog = Program(self._program_path, debug=self._debug, l3=l3, max_flows=self.max_flows,
                            tcx=self._tcx, share_flows_with=other)
             self._programs[l3] = prog
             if prog.flows is None:
                 raise MarkerError(f"{prog.path} has no flow map")
             self._flows = prog.flows
-            self._flows.capacity = self.max_flows
         return prog
 
     @property
@@ -168,64 +164,196 @@ class Marker:
                 self._local = frozenset(addr.packed for addr in local_addresses())
             self._local_read = now
 
-    def _oriented_keys(self, flows: FlowMap, flow: Flow) -> tuple[bytes, ...]:
-        """Map keys of the flow as it leaves this host; both ways if neither end is local."""
+    def _keys(self, flows: FlowMap, flow: Flow) -> tuple[bytes, bytes]:
+        """The flow's map key as given, and turned around."""
         src, dst = flow.src.packed, flow.dst.packed
         if len(src) != 16:
             raise ValueError(f"IPv4 flows have no flow label: {flow}")
         proto = self._protocols[flow.protocol]
         pack = flows.key_packer
+        return pack(src, dst, flow.sport, flow.dport, proto), pack(dst, src, flow.dport, flow.sport, proto)
+
+    def _egress_keys(self, flow: Flow, forward: bytes, reverse: bytes) -> tuple[bytes, ...]:
+        """The keys a flow not held yet gets: as it leaves this host; both if neither end is local."""
+        src, dst = flow.src.packed, flow.dst.packed
         for attempt in range(2):
             if src in self._local:
-                return (pack(src, dst, flow.sport, flow.dport, proto),)
+                return (forward,)
             if dst in self._local:
-                return (pack(dst, src, flow.dport, flow.sport, proto),)
+                return (reverse,)
             if attempt == 0:
                 self._refresh_local_addresses()
-        return (pack(src, dst, flow.sport, flow.dport, proto), pack(dst, src, flow.dport, flow.sport, proto))
+        return (forward, reverse)
+
+    def _holds(self, key: bytes, flow: Flow) -> bool:
+        owner = self._owners.get(key)
+        return owner is not None and (flow in owner if isinstance(owner, dict) else owner == flow)
+
+    def _held_or_egress_keys(self, flows: FlowMap, flow: Flow) -> tuple[bytes, ...]:
+        """The keys the flow holds (what was written for it stays its own), else its egress keys."""
+        forward, reverse = self._keys(flows, flow)
+        held = tuple(key for key in (forward, reverse) if self._holds(key, flow))
+        return held or self._egress_keys(flow, forward, reverse)
+
+    def _own(self, key: bytes, flow: Flow, label: int, current: int | None) -> None:
+        """Record that ``flow`` holds ``key`` with ``label`` (the most recent holder's label applies).
+
+        ``current`` is the key's label before, needed when a second flow joins the first.
+        """
+        owners = self._owners
+        owner = owners.get(key)
+        if owner is None or (not isinstance(owner, dict) and owner == flow):
+            owners[key] = flow
+            return
+        if not isinstance(owner, dict):
+            owner = owners[key] = {owner: label if current is None else current}
+        owner.pop(flow, None)
+        owner[flow] = label
+
+    def _shared_label(self, flows: FlowMap, key: bytes, flow: Flow) -> int | None:
+        """The key's label, where one other flow holds it already (it is kept, to share the key)."""
+        owner = self._owners.get(key)
+        if owner is None or isinstance(owner, dict) or owner == flow:
+            return None
+        return flows.get(key)
 
     def add(self, flow: Flow, label: int) -> None:
-        """Mark the flow's packets with ``label`` (20 bits); replaces an earlier label."""
+        """Mark the flow's packets with ``label`` (20 bits); replaces an earlier label.
+
+        A flow and its reverse may share one map entry (when one end is local,
+        both leave the host as the same packets): each holds it, the entry
+        stays until both are removed, and the label last added applies.
+        """
         flows = self._flows if not self._closed else None
         if flows is None:  # one check on the hot path; _map() says what is wrong
             flows = self._map()
         if not 0 <= label <= 0xFFFFF:
             raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
-        for key in self._oriented_keys(flows, flow):
+        done: list[bytes] = []
+        for key in self._held_or_egress_keys(flows, flow):
+            current = self._shared_label(flows, key, flow)
             try:
                 flows.put(key, label)
             except MapFullError:
+                for written in done:  # a flow is marked both ways or not at all
+                    self._release(flows, written, flow)
                 raise MapFullError(
                     f"the flow map is full ({self.max_flows} flows); cannot add {flow}") from None
+            self._own(key, flow, label, current)
+            done.append(key)
 
     def add_many(self, items: Iterable[tuple[Flow, int]]) -> int:
-        """Add many flows with batched map updates; returns how many map entries were written."""
+        """Add many flows with one batched map update; returns how many map entries were written.
+
+        MapFullError, and nothing added, when the new entries would not fit.
+        """
         flows = self._map()
-        pending: list[tuple[bytes, int]] = []
+        writes: dict[bytes, int] = {}
+        owned: list[tuple[bytes, Flow, int, int | None]] = []
         for flow, label in items:
             if not 0 <= label <= 0xFFFFF:
                 raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
-            pending.extend((key, label) for key in self._oriented_keys(flows, flow))
-        return flows.put_many(pending)
+            for key in self._held_or_egress_keys(flows, flow):
+                writes.pop(key, None)
+                writes[key] = label  # the last label for a key applies, as with add()
+                owned.append((key, flow, label, self._shared_label(flows, key, flow)))
+        try:
+            written = flows.put_many(list(writes.items()))
+        except MapFullError:
+            raise
+        except MarkerError:
+            # Partly written: own what reached the map, so that removing it works.
+            for key, flow, label, current in owned:
+                if flows.get(key) is not None:
+                    self._own(key, flow, label, current)
+            raise
+        written_now: dict[bytes, int] = {}  # what an earlier item of this batch gave a key
+        for key, flow, label, current in owned:
+            self._own(key, flow, label, written_now.get(key, current))
+            written_now[key] = label
+        return written
+
+    def _release(self, flows: FlowMap, key: bytes, flow: Flow) -> bool:
+        """``flow`` no longer holds ``key``: delete the entry after its last holder, or relabel it."""
+        owners = self._owners
+        owner = owners.get(key)
+        if owner is None:
+            return False
+        if not isinstance(owner, dict):
+            if owner != flow:
+                return False
+            flows.delete(key)
+            del owners[key]
+            return True
+        if flow not in owner:
+            return False
+        applied = next(reversed(owner)) == flow
+        del owner[flow]
+        label = owner[next(reversed(owner))]
+        if len(owner) == 1:
+            owners[key] = next(iter(owner))
+        if applied:
+            flows.put(key, label)  # the next most recent holder's label
+        return True
 
     def remove(self, flow: Flow) -> bool:
-        """Stop marking the flow; False if it was not marked."""
+        """Stop marking the flow; False if it was not marked.
+
+        Only the entries the flow holds are touched, wherever its ends are now.
+        """
         flows = self._flows if not self._closed else None
         if flows is None:
             flows = self._map()
         removed = False
-        for key in self._oriented_keys(flows, flow):
-            removed = flows.delete(key) or removed
+        for key in self._keys(flows, flow):
+            removed = self._release(flows, key, flow) or removed
         return removed
 
     def get(self, flow: Flow) -> int | None:
         """The label the flow's packets get, or None."""
         flows = self._map()
-        for key in self._oriented_keys(flows, flow):
+        for key in self._held_or_egress_keys(flows, flow):
             label = flows.get(key)
             if label is not None:
                 return label
         return None
+
+    # -- what the lifecycle of flows needs ------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """The idle clock's new epoch (seconds): each flow's next packet records it."""
+        self._map().set_epoch(epoch)
+
+    def idle_keys(self, epochs: int) -> list[bytes]:
+        """Map keys whose flows carried no packet, and were not written, for ``epochs`` epochs."""
+        return self._map().idle(epochs)
+
+    def socket_key(self, local: bytes, remote: bytes, local_port: int, remote_port: int) -> bytes:
+        """The map key of the TCP connection of a local socket: its packets leave with local as source."""
+        return self._map().key_packer(local, remote, local_port, remote_port, self._protocols["tcp"])
+
+    def local_tcp_keys(self) -> list[bytes]:
+        """Held keys of TCP flows that leave this host from a local address: each has a socket here."""
+        flows = self._map()
+        self._refresh_local_addresses()
+        tcp, fields, local = self._protocols["tcp"], flows.key_fields, self._local
+        out = []
+        for key in self._owners:
+            saddr, _, _, _, proto = fields(key)
+            if proto == tcp and saddr in local:
+                out.append(key)
+        return out
+
+    def holders_of(self, key: bytes) -> list[Flow]:
+        """The flows holding a map key (none if it is not held)."""
+        owner = self._owners.get(key)
+        if owner is None:
+            return []
+        return list(owner) if isinstance(owner, dict) else [owner]
+
+    def holders(self, flow: Flow) -> list[Flow]:
+        """The flows holding the map entry of ``flow``, taken as it leaves this host (src is local)."""
+        return self.holders_of(self._keys(self._map(), flow)[0])
 
     def __iter__(self) -> Iterator[tuple[Flow, int]]:
         """The map's entries as (flow in egress orientation, label)."""
@@ -249,17 +377,18 @@ class Marker:
         """Entries the kernel's flow map holds.
 
         ``len()`` is the Marker's own bookkeeping; only the map can tell whether
-        something else (an eviction, another program) took entries away.
+        something else (another program with the map) changed it.
         """
         return self._map().count_entries()
 
     def __len__(self) -> int:
-        """Map entries in use (a flow inserted both ways counts twice)."""
+        """Map entries in use: a flow marked both ways counts twice, a flow and its reverse once."""
         return len(self._flows) if self._flows is not None else 0
 
     def clear(self) -> None:
         """Remove every flow."""
         self._map().clear()
+        self._owners.clear()
 
     def counters(self) -> dict[str, int]:
         """The classifier's counters, summed over CPUs and over its copies."""

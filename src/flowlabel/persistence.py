@@ -27,6 +27,9 @@ log = logging.getLogger("flowlabel")
 
 #: Flows written to the state file per step; a step takes a few hundred microseconds.
 SAVE_STEP = 100
+#: The kernel's id of this boot, and where the work directory keeps the one its flows belong to.
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+BOOT_ID_FILE = "boot_id"
 
 
 class Persistence:
@@ -43,11 +46,16 @@ class Persistence:
         self._saved_version = -1
         self._saves = 0
         self._save_seconds = 0.0
+        self.previous_boot = False
 
     # -- start and stop -----------------------------------------------------------------
 
     def restore(self) -> list[FlowRecord]:
-        """The last run's flows, and a journal opened for this run's changes (OSError if it cannot be)."""
+        """The last run's flows, and a journal opened for this run's changes (OSError if it cannot be).
+
+        :attr:`previous_boot` says whether they belong to an earlier boot of the host.
+        """
+        self.previous_boot = self._boot_changed()
         try:
             restored = restore_state(self.path)
         except StateFileError as exc:
@@ -62,6 +70,27 @@ class Persistence:
             log.info("%d journaled changes replayed onto the state file", restored.replayed)
         self._journal = Journal(self.path, restored.next_generation)
         return restored.records
+
+    def _boot_changed(self) -> bool:
+        """Whether the work directory's boot id names another boot than this one; records this one."""
+        path = os.path.join(os.path.dirname(self.path) or ".", BOOT_ID_FILE)
+        try:
+            with open(BOOT_ID) as f:
+                current = f.read().strip()
+        except OSError:
+            return False  # no way to tell
+        try:
+            with open(path) as f:
+                previous = f.read().strip()
+        except OSError:
+            previous = current  # the first run, or one before the boot id was kept
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(current + "\n")
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s; a reboot will not be noticed at the next start", path, exc)
+        return previous != current
 
     def restored(self) -> None:
         """The table holds the last run's flows now: from here on the state file may be replaced."""
@@ -131,13 +160,18 @@ class Persistence:
     async def save_in_steps(self) -> None:
         """Write a snapshot of the table, letting the loop serve events between steps.
 
-        The snapshot is the table at one instant; the changes after it go to a
-        new journal, and the older journals go once the snapshot is in place.
+        The snapshot is the table at one instant within the current journal's
+        span, and names that journal: replaying all of it on top gives the
+        table at its end (every entry is a whole row or a removal). Only once
+        the snapshot is in place does a new journal start and the ones before
+        the current go, so that a snapshot that cannot be written leaves one
+        journal growing, never journals piling up: at most two exist.
         """
+        assert self._journal is not None
         began = time.perf_counter()
         version = self.table.version
         records = list(self.table)
-        generation = self._next_journal()
+        generation = self._journal.generation
         try:
             with StateWriter(self.path, journal=generation) as writer:
                 for i in range(0, len(records), SAVE_STEP):
@@ -147,6 +181,7 @@ class Persistence:
         except OSError as exc:
             log.error("cannot write the state file %s: %s", self.path, exc)
             return
+        self._next_journal()
         remove_journals(self.path, generation)
         self._saved(began, writer.count, version)
 

@@ -17,8 +17,10 @@ Between snapshots every applied batch of changes is appended to the journal,
 a full row starts or relabels a flow, a five-column key
 (``["tcp", "2001:db8::1", 2345, "2001:db8::2", 5777]``) removes it. A write that
 returned is in the page cache, so a killed daemon loses nothing; only a crash of
-the whole host may take the last seconds. Writing a snapshot starts a new
-generation; once the snapshot is in place the older journals are deleted. At
+the whole host may take the last seconds. A snapshot names the generation being
+written when it was taken (replaying all of it on top is exact: every entry is
+a whole row or a removal); once it is in place a new generation starts and the
+journals before the snapshot's are deleted. At
 start the snapshot is read and every journal of its generation or later is
 replayed on top of it, in order.
 """

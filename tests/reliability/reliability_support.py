@@ -77,6 +77,12 @@ class KernelMap:
             return None
         return int(value.label)
 
+    def insert(self, key: bytes, label: int) -> int:
+        """Add a new key; 0, or the negative errno the kernel answered."""
+        ffi, lib = _bpf()
+        value = ffi.new("struct flow_value *", {"label": label})
+        return int(lib.bpf_map_update_elem(self.fd, ffi.from_buffer(key), value, lib.BPF_NOEXIST))
+
     def delete(self, key: bytes) -> bool:
         ffi, lib = _bpf()
         return bool(lib.bpf_map_delete_elem(self.fd, ffi.from_buffer(key)) == 0)

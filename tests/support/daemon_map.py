@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 SYS_PIDFD_GETFD = 438  # the same number on every architecture
-BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_HASH = 1  # the flow map's type (bpf/flows.bpf.h)
 
 
 def flow_map_fd(pid: int) -> int:
@@ -26,7 +26,7 @@ def flow_map_fd(pid: int) -> int:
             continue
         pairs = (line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
         fields = {key: value.strip() for key, value in pairs}
-        if fields.get("map_type") == str(BPF_MAP_TYPE_LRU_HASH) and fields.get("key_size") == key_size:
+        if fields.get("map_type") == str(BPF_MAP_TYPE_HASH) and fields.get("key_size") == key_size:
             pidfd = os.pidfd_open(pid)
             try:
                 libc = ctypes.CDLL(None, use_errno=True)

@@ -8,11 +8,8 @@ Every call into the :class:`~flowlabel.marker.Marker` runs on the event
 loop: map updates take microseconds, and the rare netlink queries (attaching,
 re-reading the host's addresses) take care of pyroute2's own event loop.
 
-The Marker refuses flows beyond ``maxFlows`` and sizes the kernel's LRU map
-with slack above it, so the kernel should never evict an entry. Should it
-happen anyway (an LRU map can evict before it is full, and another program
-may share the map), nothing in the kernel says so: :meth:`EbpfBackend.check_map`
-counts the map's entries and compares them with the Marker's own count.
+The flow map holds ``maxFlows`` entries; a flow beyond them is refused and
+counted, never evicting one that is marked.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from ..config import Ebpf
 from ..errors import InterfaceError, MapFullError, MarkerError
 from ..flow import Flow
 from ..flowtable import ENDED, Change, FlowRecord
+from ..lifecycle import Reaper
 from ..metrics import Family
 
 if TYPE_CHECKING:
@@ -54,11 +52,7 @@ class EbpfBackend:
         self.config = config
         self._marker: Marker | None = None
         self.failures = 0
-        #: Map entries found missing that the Marker had put there (evicted by the kernel, or removed
-        #: by someone else).
-        self.evictions = 0
-        self._missing = 0
-        self._surplus_logged = False
+        self.reaper: Reaper | None = None
         # The interfaces chosen at start, with the index each had when last attached (None: gone).
         self._indexes: dict[str, int | None] = {}
 
@@ -99,7 +93,11 @@ class EbpfBackend:
             max_flows=cfg.max_flows,
         )
         self._indexes = {name: _ifindex(name) for name in targets}
-        return self._add([(record.flow, record.label) for record in records])
+        failed = self._add([(record.flow, record.label) for record in records])
+        # After the restored flows are in: those whose socket is gone end at the first poll.
+        self.reaper = Reaper(self._marker, cfg.idle_timeout, cfg.socket_tracking)
+        self.reaper.start()
+        return failed
 
     def check_interfaces(self) -> None:
         """Follow interfaces that went away or came back (a new device under the same name)."""
@@ -121,24 +119,6 @@ class EbpfBackend:
                     log.info("interface %s is back (index %d): marking on it again", name, index)
             except MarkerError as exc:
                 log.warning("interface %s: %s", name, exc)
-
-    def check_map(self) -> None:
-        """Compare the map's entries with the Marker's count; log and count entries gone missing."""
-        marker = self._marker
-        if marker is None:
-            return
-        entries, expected = marker.map_entries(), len(marker)
-        missing = expected - entries
-        if missing > self._missing:
-            self.evictions += missing - self._missing
-            log.error("%d entries of the classifier's flow map are gone without the daemon removing them "
-                      "(%d in the map, %d expected): their flows are no longer marked. The map was evicted "
-                      "by the kernel or changed by another program; restart the daemon to mark them again",
-                      missing - self._missing, entries, expected)
-        elif missing < 0 and not self._surplus_logged:
-            self._surplus_logged = True
-            log.warning("the classifier's flow map holds %d entries the daemon did not put there", -missing)
-        self._missing = max(missing, 0)
 
     def apply(self, changes: Iterable[Change]) -> list[Flow]:
         """Write the changes to the map; returns the flows that could not be added."""
@@ -187,6 +167,9 @@ class EbpfBackend:
 
     def stop(self) -> None:
         """Detach from every interface (the interfaces are left as they were found)."""
+        if self.reaper is not None:
+            self.reaper.close()
+            self.reaper = None
         if self._marker is not None:
             marker, self._marker = self._marker, None
             marker.close()
@@ -201,7 +184,8 @@ class EbpfBackend:
             log.warning("cannot read the classifier's counters: %s", exc)
             counters = {}
         modes = marker.attachment_modes()
-        return [
+        reaper = self.reaper.families() if self.reaper is not None else []
+        return [*reaper,
             Family(
                 "flowlabel_classifier_packets_total",
                 "counter",
@@ -220,6 +204,4 @@ class EbpfBackend:
             ),
             Family.single("flowlabel_map_full_total", "counter",
                           "Flows not marked because the flow map was full", self.failures),
-            Family.single("flowlabel_map_evictions_total", "counter",
-                          "Map entries that disappeared without the daemon removing them", self.evictions),
         ]

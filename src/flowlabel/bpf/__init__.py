@@ -5,7 +5,7 @@
 - :mod:`.program`: :class:`~.program.Program`, one opened, configured and loaded copy
   of the classifier.
 - :mod:`.flowmap`: :class:`~.flowmap.FlowMap`, the one writer of the flow map, its
-  presence filter and the cache generation.
+  presence filter and its clock (cache generation and idle epoch).
 - :mod:`.attach`: :class:`~.attach.Attachment`, a program on an interface's egress
   (TCX link or cls_bpf filter), and the per-interface lock.
 - :mod:`.features`: what the running kernel offers, probed.

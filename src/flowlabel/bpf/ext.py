@@ -38,11 +38,11 @@ def libbpf_version() -> str:
     return str(ffi.string(lib.libbpf_version_string()).decode())
 
 
-def bundled_object() -> Path:
-    """The classifier object shipped inside the package."""
+def bundled_object(name: str = "marker") -> Path:
+    """A BPF object shipped inside the package: ``marker`` (the classifier) or ``sockets``."""
     from importlib import resources
 
-    return Path(str(resources.files("flowlabel").joinpath("marker.bpf.o")))
+    return Path(str(resources.files("flowlabel").joinpath(f"{name}.bpf.o")))
 
 
 def errno_error(what: str, err: int) -> MarkerError:
@@ -68,7 +68,12 @@ def counter_names() -> list[str]:
 
 
 def key_packer(ffi: Any) -> Callable[[bytes, bytes, int, int, int], bytes]:
-    """A fast packer of ``struct flow_key`` (saddr, daddr, sport, dport, proto).
+    """A fast packer of ``struct flow_key`` (saddr, daddr, sport, dport, proto)."""
+    return key_struct(ffi).pack
+
+
+def key_struct(ffi: Any) -> struct.Struct:
+    """``struct flow_key`` as (saddr, daddr, sport, dport, proto) for packing and unpacking.
 
     Its format is derived from the layout cffi read from bpf/marker.h, so it
     follows that header; ports are in network byte order, padding is zero.
@@ -84,4 +89,4 @@ def key_packer(ffi: Any) -> Callable[[bytes, bytes, int, int, int], bytes]:
     packer = struct.Struct(fmt)
     if packer.size != size:
         raise ObjectError(f"struct flow_key has fields this module does not know ({size} bytes)")
-    return packer.pack
+    return packer

@@ -1,39 +1,45 @@
-"""The flow map, its presence filter and the cache generation: one writer keeps the three in step.
+"""The flow map, its presence filter and clock: one writer keeps the three in step.
 
 Every change of the classifier's ``flows`` map goes through :class:`FlowMap`,
 which also keeps the ``filter`` bits (bpf/marker.h: a set bit for every slot
-some key in the map hashes to) and bumps the ``generation`` that invalidates
-the classifier's per-CPU cache. The order of the steps is what keeps packets
-right while user space writes: a filter bit goes up before its entry exists
-and down only after it is gone, and the generation moves after a label changes
-or an entry goes.
+some key in the map hashes to) and the ``clock``: the generation that
+invalidates the classifier's per-CPU cache, and the epoch by which idle flows
+are told. The order of the steps is what keeps packets right while user space
+writes: a filter bit goes up before its entry exists and down only after it is
+gone, and the generation moves after a label changes or an entry goes.
 """
 
 from __future__ import annotations
 
 import errno
 import mmap
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from ..errors import MapFullError
-from .ext import errno_error, key_packer
+from .ext import errno_error, key_struct
 
 #: Entries read per batched lookup.
 BATCH = 4096
 
 
+def epoch_now() -> int:
+    """The idle clock's epoch for this instant: whole seconds of the monotonic clock."""
+    return int(time.monotonic())
+
+
 class PresenceFilter:
-    """User space's half of the presence filter and of the cache generation.
+    """User space's half of the presence filter and of the clock (generation and epoch).
 
     Several keys can share a filter slot, so a count per slot says how many
     map entries use it: its bit is set before the first one is inserted and
     cleared after the last one is deleted. A count that reaches 255 sticks (its
     bit then stays set until :meth:`reset`, which only costs lookups). Bits and
-    the generation are written through mmaps of the maps, without a system call.
+    the clock are written through mmaps of the maps, without a system call.
     """
 
-    def __init__(self, lib: Any, filter_fd: int, bits: int, generation_fd: int) -> None:
+    def __init__(self, ffi: Any, lib: Any, filter_fd: int, bits: int, clock_fd: int) -> None:
         page = mmap.PAGESIZE
         self.bits = bits
         self._hash = lib.flowlabel_filter_hash
@@ -41,8 +47,13 @@ class PresenceFilter:
         self._map = mmap.mmap(filter_fd, -(-bits // 8 // page) * page, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE)
         self._counts = bytearray(bits)
-        self._gen_map = mmap.mmap(generation_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._generation = memoryview(self._gen_map).cast("Q")
+        self._clock_map = mmap.mmap(clock_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # struct flow_clock's fields, as native words of the mapped page.
+        self._generation = memoryview(self._clock_map).cast("Q")
+        self._epoch = memoryview(self._clock_map).cast("I")
+        assert ffi.offsetof("struct flow_clock", "generation") == 0
+        self._epoch_index = ffi.offsetof("struct flow_clock", "epoch") // 4
+        self.set_epoch(epoch_now())
 
     def slot(self, key: bytes) -> int:
         """The key's slot: the classifier's own hash (marker.h), masked."""
@@ -86,6 +97,15 @@ class PresenceFilter:
     def generation(self) -> int:
         return int(self._generation[0])
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[self._epoch_index])
+
+    def set_epoch(self, epoch: int) -> None:
+        """A new epoch, and a bump: the next packet of every flow records it in the flow's entry."""
+        self._epoch[self._epoch_index] = epoch & 0xFFFFFFFF
+        self.bump()
+
     def reset(self) -> None:
         """The map was emptied: every bit and count to zero, then a bump."""
         self._counts = bytearray(self.bits)
@@ -97,9 +117,8 @@ class FlowMap:
     """The ``flows`` map of one or more loaded programs, written only through here.
 
     Keys are packed ``struct flow_key`` bytes (:meth:`key`), labels 20-bit
-    integers. ``capacity`` is how many entries :meth:`put` allows (the kernel's
-    LRU map is sized above it, so that it never evicts on its own); ``len()``
-    counts the entries put here.
+    integers. ``capacity`` is how many entries :meth:`put` allows (the map's size;
+    the kernel refuses more with E2BIG); ``len()`` counts the entries put here.
     """
 
     def __init__(self, ffi: Any, lib: Any, fd: int, capacity: int, presence: PresenceFilter | None) -> None:
@@ -107,7 +126,10 @@ class FlowMap:
         self.fd = fd
         self.capacity = capacity
         self.presence = presence
-        self.key_packer = key_packer(ffi)
+        layout = key_struct(ffi)
+        self.key_packer = layout.pack
+        #: (saddr, daddr, sport, dport, proto) of a packed key.
+        self.key_fields = layout.unpack
         self._value = ffi.new("struct flow_value *")
         self._count = 0
 
@@ -129,6 +151,7 @@ class FlowMap:
         """
         lib, fd, value, presence = self._lib, self.fd, self._value, self.presence
         value.label = label
+        value.seen = presence.epoch if presence is not None else 0
         # The filter bit goes up before the entry exists, so no packet of the flow is missed.
         slot = presence.before_insert(key) if presence is not None else 0
         if self._count < self.capacity:
@@ -141,6 +164,8 @@ class FlowMap:
             if err != -errno.EEXIST:
                 if presence is not None:
                     presence.not_inserted(slot)
+                if err == -errno.E2BIG:  # the kernel's own limit: the map is full
+                    raise MapFullError(f"the flow map is full ({self.capacity} flows)")
                 raise errno_error("adding a flow", err)
         err = lib.bpf_map_update_elem(fd, key, value, lib.BPF_EXIST)
         if presence is not None:
@@ -172,8 +197,10 @@ class FlowMap:
         keys = ffi.new("struct flow_key[]", len(items))
         values = ffi.new("struct flow_value[]", len(items))
         ffi.memmove(keys, b"".join(key for key, _ in items), ffi.sizeof(keys))
+        epoch = presence.epoch if presence is not None else 0
         for i, (_, label) in enumerate(items):
             values[i].label = label
+            values[i].seen = epoch
         slots = [presence.before_insert(key) for key, _ in items] if presence is not None else []
         count = ffi.new("uint32_t *", len(items))
         err = lib.bpf_map_update_batch(self.fd, keys, values, count, ffi.NULL)
@@ -262,8 +289,28 @@ class FlowMap:
             out.extend((raw[i * size:(i + 1) * size], int(values[i].label)) for i in range(n))
         return out
 
+    @property
+    def epoch(self) -> int:
+        """The clock's epoch (0 for an object without one)."""
+        return self.presence.epoch if self.presence is not None else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.presence is not None:
+            self.presence.set_epoch(epoch)
+
+    def idle(self, epochs: int) -> list[bytes]:
+        """Keys whose flow carried no packet, and was not written, for ``epochs`` epochs or more."""
+        ffi, size, now = self._ffi, self._ffi.sizeof("struct flow_key"), self.epoch
+        out: list[bytes] = []
+        for keys, values, n in self.batches():
+            stale = [i for i in range(n) if (now - values[i].seen) & 0xFFFFFFFF >= epochs]
+            if stale:
+                raw = ffi.buffer(keys, n * size)[:]
+                out.extend(raw[i * size:(i + 1) * size] for i in stale)
+        return out
+
     def count_entries(self) -> int:
-        """Entries the kernel map holds: ``len()`` is bookkeeping, only the map can tell of evictions."""
+        """Entries the kernel map holds, counted there."""
         return sum(n for _, _, n in self.batches())
 
     # -- the filter, for inspection -------------------------------------------------

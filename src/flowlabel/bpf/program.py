@@ -54,6 +54,47 @@ def default_filter_bits(max_flows: int, lib: Any) -> int:
     return int(min(max(bits, lib.FLOWLABEL_FILTER_MIN_BITS), lib.FLOWLABEL_FILTER_MAX_BITS))
 
 
+def open_object(path: Path) -> Any:
+    """libbpf's ``struct bpf_object *`` for the BPF object file at ``path``, opened, not loaded."""
+    ffi, lib = extension()
+    if not path.is_file():
+        raise ObjectError(f"BPF object {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ObjectError(f"cannot read BPF object {path}: {exc.strerror}") from exc
+    if magic != b"\x7fELF":
+        raise ObjectError(f"{path} is not a BPF object (not an ELF file)")
+    lib.fl_log_clear()
+    obj = lib.bpf_object__open_file(os.fsencode(path), ffi.NULL)
+    if obj == ffi.NULL:
+        detail = _log_tail(ffi.string(lib.fl_log_text()).decode(errors="replace"), 3)
+        raise ObjectError(f"{path} is not a usable BPF object: {detail or os.strerror(ffi.errno)}")
+    return obj
+
+
+def load_object(obj: Any, path: Path) -> None:
+    """Load an opened object into the kernel; the error says why it was refused."""
+    ffi, lib = extension()
+    raise_memlock_limit()
+    lib.fl_log_clear()
+    err = lib.bpf_object__load(obj)
+    if not err:
+        return
+    text = ffi.string(lib.fl_log_text()).decode(errors="replace")
+    if abs(err) == errno.EPERM and memlock_charged():
+        raise MissingPrivilegeError(f"loading {path.name}: operation not permitted; {memlock_advice()}")
+    if abs(err) == errno.EPERM or (abs(err) == errno.EACCES and "processed" not in text):
+        raise errno_error(f"loading {path.name}", err)
+    raise VerifierError(
+        f"the kernel's verifier rejected {path.name} ({os.strerror(abs(err))}); "
+        "the end of its log:\n" + _log_tail(text),
+        text,
+        _verifier_reason(text),
+    )
+
+
 class Program:
     """One opened, configured and loaded copy of the classifier.
 
@@ -63,7 +104,7 @@ class Program:
     prepares the program for a TCX link (its expected attach type must be set
     before load). ``share_flows_with`` makes this copy use another one's flow
     map, so that programs for devices with and without a link-layer header see
-    the same flows (and its presence filter and cache generation with it).
+    the same flows (and its presence filter and clock with it).
     ``filter_bits`` sizes the presence filter (a power of two; default: from
     ``max_flows``). After load, :attr:`flows` is the :class:`FlowMap` (shared
     with ``share_flows_with``), or None for an object without one.
@@ -90,7 +131,7 @@ class Program:
         self.program_name = program
         if max_flows is None:
             max_flows = int(self._lib.FLOWLABEL_DEFAULT_MAX_FLOWS)
-        self._open()
+        self._obj = open_object(self.path)
         try:
             shared = share_flows_with.flows if share_flows_with is not None else None
             if shared is not None and shared.presence is not None:
@@ -105,24 +146,6 @@ class Program:
 
     # -- set-up ---------------------------------------------------------------
 
-    def _open(self) -> None:
-        ffi, lib = self._ffi, self._lib
-        if not self.path.is_file():
-            raise ObjectError(f"BPF object {self.path} does not exist")
-        try:
-            with open(self.path, "rb") as f:
-                magic = f.read(4)
-        except OSError as exc:
-            raise ObjectError(f"cannot read BPF object {self.path}: {exc.strerror}") from exc
-        if magic != b"\x7fELF":
-            raise ObjectError(f"{self.path} is not a BPF object (not an ELF file)")
-        lib.fl_log_clear()
-        obj = lib.bpf_object__open_file(os.fsencode(self.path), ffi.NULL)
-        if obj == ffi.NULL:
-            detail = _log_tail(ffi.string(lib.fl_log_text()).decode(errors="replace"), 3)
-            raise ObjectError(f"{self.path} is not a usable BPF object: {detail or os.strerror(ffi.errno)}")
-        self._obj = obj
-
     def _map(self, name: str) -> Any:
         """The object's map called ``name``, or NULL."""
         return self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
@@ -134,13 +157,13 @@ class Program:
             raise ObjectError(f"{self.path} has no program named {self.program_name!r}")
         if tcx:
             lib.bpf_program__set_expected_attach_type(self._prog, lib.BPF_TCX_EGRESS)
-        flows, filter_map, generation = self._map("flows"), self._map("filter"), self._map("generation")
+        flows, filter_map, clock = self._map("flows"), self._map("filter"), self._map("clock")
         if flows != ffi.NULL:
             if not 1 <= max_flows <= 1 << 24:
                 raise ValueError(f"max_flows must be between 1 and {1 << 24}, not {max_flows}")
             lib.bpf_map__set_max_entries(flows, max_flows)
         filter_mask = 0
-        self._has_filter = filter_map != ffi.NULL and generation != ffi.NULL
+        self._has_filter = filter_map != ffi.NULL and clock != ffi.NULL
         if self._has_filter:
             bits = default_filter_bits(max_flows, lib) if filter_bits is None else filter_bits
             low, high = lib.FLOWLABEL_FILTER_MIN_BITS, lib.FLOWLABEL_FILTER_MAX_BITS
@@ -158,13 +181,13 @@ class Program:
             raise ObjectError(f"{self.path} has no {CONFIG_VAR!r} configuration to set debug or l3 in")
 
     def _share_maps(self, other: Program) -> None:
-        """Use the other program's flow map, and its filter and generation with it."""
+        """Use the other program's flow map, and its filter and clock with it."""
         lib = self._lib
         if other.flows is None or self._map("flows") == self._ffi.NULL:
             raise ObjectError(f"{self.path} or {other.path} has no flow map to share")
         if self._has_filter != (other.flows.presence is not None):
             raise ObjectError(f"{self.path} and {other.path} differ in having a presence filter")
-        names = ("flows", "filter", "generation") if self._has_filter else ("flows",)
+        names = ("flows", "filter", "clock") if self._has_filter else ("flows",)
         for name in names:
             err = lib.bpf_map__reuse_fd(self._map(name), lib.bpf_map__fd(other._map(name)))
             if err:
@@ -172,22 +195,7 @@ class Program:
 
     def _load(self, shared: FlowMap | None) -> None:
         ffi, lib = self._ffi, self._lib
-        raise_memlock_limit()
-        lib.fl_log_clear()
-        err = lib.bpf_object__load(self._obj)
-        if err:
-            text = ffi.string(lib.fl_log_text()).decode(errors="replace")
-            if abs(err) == errno.EPERM and memlock_charged():
-                raise MissingPrivilegeError(
-                    f"loading {self.path.name}: operation not permitted; {memlock_advice()}")
-            if abs(err) == errno.EPERM or (abs(err) == errno.EACCES and "processed" not in text):
-                raise errno_error(f"loading {self.path.name}", err)
-            raise VerifierError(
-                f"the kernel's verifier rejected {self.path.name} ({os.strerror(abs(err))}); "
-                "the end of its log:\n" + _log_tail(text),
-                text,
-                _verifier_reason(text),
-            )
+        load_object(self._obj, self.path)
         self.prog_fd = int(lib.bpf_program__fd(self._prog))
         counters = self._map("counters")
         self.counters_fd = int(lib.bpf_map__fd(counters)) if counters != ffi.NULL else -1
@@ -198,9 +206,9 @@ class Program:
         elif flows != ffi.NULL:
             presence = None
             if self._has_filter:
-                presence = PresenceFilter(lib, int(lib.bpf_map__fd(self._map("filter"))),
+                presence = PresenceFilter(ffi, lib, int(lib.bpf_map__fd(self._map("filter"))),
                                           int(lib.bpf_map__max_entries(self._map("filter"))) * 64,
-                                          int(lib.bpf_map__fd(self._map("generation"))))
+                                          int(lib.bpf_map__fd(self._map("clock"))))
             self.flows = FlowMap(ffi, lib, int(lib.bpf_map__fd(flows)), int(lib.bpf_map__max_entries(flows)),
                                  presence)
 
