@@ -81,6 +81,17 @@ def lacks(feature: Feature, detail: str = "") -> str:
     return f"this kernel has no {feature.name} (Linux {feature.since}){detail}"
 
 
+def socket_tracking() -> str:
+    """How TCP flows would learn that their socket closed: the watcher loaded and attached once."""
+    from .bpf.sockets import SocketWatch
+
+    try:
+        with SocketWatch() as watch:
+            return f"events: a sock_ops program on the cgroup {watch.cgroup}"
+    except MarkerError as exc:
+        return f"polling (sock_diag), as the watcher cannot run: {exc}"
+
+
 def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
     """Print the report; raise CheckFailed at the first thing that stops the marker."""
     def row(name: str, value: str) -> None:
@@ -128,6 +139,7 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
             problems.append(lacks(FEATURE[name], f": flowlabel needs Linux {MINIMUM_KERNEL} or newer"))
     row("attach", "TCX links" if probes.tcx
         else f"tc: a clsact qdisc and a cls_bpf filter; {lacks(FEATURE['TCX'])}")
+    row("sockets", socket_tracking())
     path = object_path or str(bundled_object())
     row("object", path)
     if problems:

@@ -103,6 +103,12 @@ def _range(low: float, high: float) -> Check:
     return check
 
 
+def _idle_timeout(value: int) -> str | None:
+    if value == 0 or 2 <= value <= 7 * 86400:
+        return None
+    return f"must be 0 (never) or between 2 and {7 * 86400} seconds, got {value}"
+
+
 def _one_of(*choices: str) -> Check:
     def check(value: str) -> str | None:
         if value in choices:
@@ -193,7 +199,7 @@ class Ebpf:
     marking_strategy: str = _opt("flowLabel", _marking)
     #: Seconds without a packet after which a flow that nothing else ends (UDP, TCP without a local
     #: end) is ended; 0 never.
-    idle_timeout: int = _opt(IDLE_TIMEOUT, _range(0, 7 * 86400))
+    idle_timeout: int = _opt(IDLE_TIMEOUT, _idle_timeout)
     #: How TCP flows with a local end end with their socket: "auto" (kernel events where they can
     #: be had, else polling), "events", "polling", or "off" (then they are subject to idleTimeout).
     socket_tracking: str = _opt("auto", _one_of(*SOCKET_TRACKING))

@@ -42,7 +42,9 @@ SOCKET_CLOSED = "socket_closed"  # its TCP socket closed
 NO_SOCKET = "no_socket"  # a TCP flow with a local end, but no such socket (e.g. it closed while down)
 IDLE = "idle"  # no packet for idleTimeout seconds
 
-#: Seconds between reads of the epoch clock: how finely idle time is told.
+#: Seconds between moves of the epoch clock at most: how finely idle time is told. A flow that
+#: keeps sending records each new epoch, so its age never exceeds one tick; the tick is kept under a
+#: quarter of the idle timeout.
 TICK = 5.0
 #: Seconds between polls of the socket table, without and beside the kernel's events.
 POLL_INTERVAL = 1.0
@@ -91,6 +93,11 @@ class Reaper:
     def fd(self) -> int | None:
         """A descriptor that becomes readable when the kernel told of sockets closing."""
         return self.watch.fd if self.watch is not None else None
+
+    @property
+    def tick(self) -> float:
+        """Seconds between moves of the clock (and checks for idle flows)."""
+        return min(TICK, max(0.5, self.idle_timeout / 4)) if self.idle_timeout else TICK
 
     @property
     def poll_interval(self) -> float | None:
@@ -181,7 +188,7 @@ async def reap(reaper: Reaper, end: Callable[[list[tuple[Flow, str]]], None]) ->
                 next_poll = now + interval
             if now >= next_tick:
                 end(reaper.idle())
-                next_tick = now + TICK
+                next_tick = now + reaper.tick
             wake = min(next_poll, next_tick) if interval is not None else next_tick
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
     finally:

@@ -37,7 +37,7 @@ def test_check_loads_the_shipped_object() -> None:
     result = flowlabel_cmd("check")
     assert result.returncode == 0, result.stderr
     for row in ("kernel", "capabilities", "libbpf", "memlock", "mmap arrays", "batch ops", "attach",
-                "object", "load"):
+                "sockets", "object", "load"):
         assert re.search(rf"^{row}\s+\S", result.stdout, re.M), (row, result.stdout)
     assert "CAP_BPF yes, CAP_NET_ADMIN yes, CAP_PERFMON yes" in result.stdout
     assert re.search(r"^libbpf\s+v?1\.\d+", result.stdout, re.M)

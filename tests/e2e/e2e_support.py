@@ -30,6 +30,9 @@ from flowlabel.marker import tcx_program_names
 from support.netns import Namespace, Pair
 
 READY_TIMEOUT = 15.0
+# `ip netns exec` mounts a /sys of the namespace's own, without the cgroup v2 hierarchy a host has at
+# /sys/fs/cgroup; mounted there again (the same hierarchy), the daemon can watch sockets as on a host.
+WITH_CGROUP2 = ("sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; exec "$@"', "sh")
 
 
 class Daemon:
@@ -92,8 +95,8 @@ class Daemon:
         offset = len(self.log())
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns.name, *prefix, sys.executable, "-m", "flowlabel",
-                 "--config", str(self.config_path), "run"],
+                ["ip", "netns", "exec", self.ns.name, *WITH_CGROUP2, *prefix, sys.executable, "-m",
+                 "flowlabel", "--config", str(self.config_path), "run"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + READY_TIMEOUT

@@ -259,6 +259,8 @@ def test_the_units_privileges_are_enough_to_run_and_to_restart_after_sigkill(
     status = Path(f"/proc/{daemon.process.pid}/status").read_text()
     (effective,) = [int(row.split()[1], 16) for row in status.splitlines() if row.startswith("CapEff:")]
     assert effective == capability_mask(unit_capabilities())
+    # The socket watcher too runs with only these (attaching to a cgroup needs CAP_NET_ADMIN).
+    assert "TCP sockets: events" in daemon.log()
     first, second = (27000, 9700), (27001, 9701)
     daemon.write_pipe(line("start", *first, 12, 34))
     daemon.wait_for_flows(1)

@@ -13,7 +13,6 @@ import errno
 import os
 import socket
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -115,16 +114,6 @@ def write_lines(path: Path | str, data: bytes) -> None:
             view = view[written:]
     finally:
         os.close(fd)
-
-
-def wait_until(condition: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:

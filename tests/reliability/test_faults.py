@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from e2e_support import Daemon, attachments, decoded
-from reliability_support import KernelMap, flow_line, wait_until, write_lines
+from reliability_support import KernelMap, flow_line, write_lines
 
-from support import STRESS
+from support import STRESS, wait_until
 from support.kernel import attach_modes
 from support.netns import A, B, Pair
 

@@ -27,7 +27,6 @@ from reliability_support import (
     loopback_daemon,
     percentiles,
     udp_drops,
-    wait_until,
 )
 
 from flowlabel.events import (
@@ -40,7 +39,7 @@ from flowlabel.events import (
     parse_line,
 )
 from flowlabel.registry import Registry
-from support import STRESS
+from support import STRESS, wait_until
 
 FUZZ_INPUTS = 100_000 if STRESS else 5_000
 FUZZ = settings(max_examples=FUZZ_INPUTS, deadline=None, database=None,

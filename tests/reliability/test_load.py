@@ -20,13 +20,12 @@ from reliability_support import (
     flow_line,
     loopback_daemon,
     udp_drops,
-    wait_until,
     write_lines,
 )
 
 from flowlabel.events import FlowEvent, format_firefly
 from flowlabel.label import decode
-from support import STRESS
+from support import STRESS, wait_until
 
 pytestmark = pytest.mark.netns
 

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_support import KernelMap, events_by_outcome, flow_line, loopback_daemon, wait_until
+from reliability_support import KernelMap, events_by_outcome, flow_line, loopback_daemon
+
+from support import wait_until
 
 pytestmark = pytest.mark.netns
 
