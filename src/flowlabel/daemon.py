@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from . import __version__, times
 from .config import Config
 from .events import FlowEvent
-from .flow import Flow
 from .flowtable import ENDED, FAILED, REJECTED, Change, FlowRecord, FlowTable
 from .lifecycle import reap
 from .logs import RateLimitedLog
@@ -175,7 +174,7 @@ class Daemon:
             if reaper is not None:
                 self._background(lambda: reap(reaper, self.end_flows), "ending flows that end by themselves")
         if self._previous_boot:
-            self.end_flows([(record.flow, PREVIOUS_BOOT) for record in self._previous_boot])
+            self.end_flows([(record.key, PREVIOUS_BOOT) for record in self._previous_boot])
             self._previous_boot = []
 
     def _background(self, job: Callable[[], Awaitable[None]], what: str) -> None:
@@ -210,7 +209,7 @@ class Daemon:
                 failed = set(self._ebpf.start(restored))
             except (MarkerError, ValueError) as exc:
                 raise StartupError(f"cannot start marking: {exc}") from None
-            restored = [r for r in restored if r.flow not in failed]
+            restored = [r for r in restored if r.key not in failed]
             self._persistence.removed(failed)
             modes = self._ebpf.attachment_modes()
             self._listeners.append(
@@ -298,30 +297,31 @@ class Daemon:
             failed = set(ebpf.apply(changes))
         except MarkerError as exc:
             log.error("the classifier's map could not be updated: %s", exc)
-            failed = {c.record.flow for c in changes if c.relabel and c.outcome != ENDED and c.record}
+            failed = {c.record.key for c in changes if c.relabel and c.outcome != ENDED and c.record}
         if not failed:
             return changes
-        for flow in failed:
-            self.table.discard(flow)
+        for key in failed:
+            self.table.discard(key)
         self._persistence.removed(failed)
         return [self._failed(c, failed) for c in changes]
 
     @staticmethod
-    def _failed(change: Change, failed: set[Flow]) -> Change:
-        if change.record is not None and change.outcome != ENDED and change.record.flow in failed:
+    def _failed(change: Change, failed: set[bytes]) -> Change:
+        if change.record is not None and change.outcome != ENDED and change.record.key in failed:
             return change._replace(outcome=FAILED, relabel=False)
         return change
 
-    def end_flows(self, ended: Sequence[tuple[Flow, str]]) -> None:
-        """End flows that ended by themselves (lifecycle.py), as their end events would."""
+    def end_flows(self, ended: Sequence[tuple[bytes, str]]) -> None:
+        """End flows (packed keys) that ended by themselves (lifecycle.py), as their end events would."""
         if not ended:
             return
         now = times.now()
         events = []
-        for flow, reason in ended:
-            record = self.table.get(flow)
+        for key, reason in ended:
+            record = self.table.get_key(key)
             if record is None:
                 continue
+            flow = record.flow
             events.append(FlowEvent("end", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
                                     record.experiment, record.activity, record.start_time, now,
                                     record.application))

@@ -13,7 +13,8 @@ storage daemon restarted), and a flow marked forever fills the map. The
   ``off``) ends after ``idleTimeout`` seconds without a packet, as the
   classifier records in the flow map (bpf/marker.h: ``seen`` and the epoch).
 
-It returns ``(flow, reason)`` pairs; the daemon ends those flows as an end
+It returns ``(flow, reason)`` pairs, each flow by its packed key (as
+announced: flowlabel.flow.flow_key); the daemon ends those flows as an end
 event would, and counts each reason.
 """
 
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, Callable
 
 from .bpf.flowmap import epoch_now
 from .errors import MarkerError
-from .flow import Flow
 from .marker import Marker
 from .metrics import Family
 
@@ -107,11 +107,11 @@ class Reaper:
 
     # -- the three ways to end ----------------------------------------------------------------
 
-    def sockets_closed(self) -> list[tuple[Flow, str]]:
+    def sockets_closed(self) -> list[tuple[bytes, str]]:
         """The flows of the sockets the kernel told closed."""
         if self.watch is None:
             return []
-        ended: list[tuple[Flow, str]] = []
+        ended: list[tuple[bytes, str]] = []
         for closed in self.watch.take():
             key = self.marker.socket_key(closed.local, closed.remote, closed.local_port, closed.remote_port)
             for flow in self.marker.holders_of(key):
@@ -119,7 +119,7 @@ class Reaper:
             self._pending.pop(key, None)
         return ended
 
-    def poll(self, now: float | None = None) -> list[tuple[Flow, str]]:
+    def poll(self, now: float | None = None) -> list[tuple[bytes, str]]:
         """The TCP flows with a local end whose socket is no longer open."""
         from .netif import open_tcp_sockets
 
@@ -128,7 +128,7 @@ class Reaper:
         now = time.monotonic() if now is None else now
         alive = {self.marker.socket_key(*sock) for sock in open_tcp_sockets()}
         pending = self._pending
-        ended: list[tuple[Flow, str]] = []
+        ended: list[tuple[bytes, str]] = []
         held = self.marker.local_tcp_keys()
         for key in held:
             since = pending.get(key)
@@ -145,13 +145,13 @@ class Reaper:
                 del pending[key]
         return ended
 
-    def idle(self) -> list[tuple[Flow, str]]:
+    def idle(self) -> list[tuple[bytes, str]]:
         """Flows that nothing else ends, after idleTimeout seconds without a packet; moves the clock on."""
         self.marker.set_epoch(epoch_now())
         if not self.idle_timeout:
             return []
         tracked = set(self.marker.local_tcp_keys()) if self.mode != "off" else set()
-        ended: list[tuple[Flow, str]] = []
+        ended: list[tuple[bytes, str]] = []
         for key in self.marker.idle_keys(self.idle_timeout):
             if key not in tracked:
                 ended.extend((flow, IDLE) for flow in self.marker.holders_of(key))
@@ -168,7 +168,7 @@ class Reaper:
                        [((("mode", self.mode),), 1)])]
 
 
-async def reap(reaper: Reaper, end: Callable[[list[tuple[Flow, str]]], None]) -> None:
+async def reap(reaper: Reaper, end: Callable[[list[tuple[bytes, str]]], None]) -> None:
     """Hand ``end`` the flows that end by themselves, until cancelled.
 
     The kernel's socket events as they come; polls of the socket table and the

@@ -11,9 +11,7 @@ everywhere; creating a Marker fails with a clear
 from __future__ import annotations
 
 import atexit
-import ipaddress
 import os
-import socket
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -27,7 +25,17 @@ from .bpf.flowmap import FlowMap
 from .bpf.program import Program, ProgramInfo, TestRun
 from .defaults import ATTACH_MODES, MAX_FLOWS, MAX_FLOWS_LIMIT
 from .errors import InterfaceError, MapFullError, MarkerError
-from .flow import Flow
+from .flow import (
+    FLOW_KEY,
+    PROTOCOL_NUMBERS,
+    Flow,
+    flow_key,
+    flow_of_key,
+    key_destination,
+    key_protocol,
+    key_source,
+    reversed_key,
+)
 from .netif import NetnsHome, link, local_addresses
 
 __all__ = [
@@ -77,9 +85,7 @@ class Marker:
             raise ValueError(f"attach mode must be one of {', '.join(ATTACH_MODES)}, not {attach!r}")
         if not 1 <= max_flows <= MAX_FLOWS_LIMIT:
             raise ValueError(f"max_flows must be between 1 and {MAX_FLOWS_LIMIT}, not {max_flows}")
-        _, lib = extension()
-        self._protocols = {"tcp": int(lib.FLOWLABEL_PROTO_TCP), "udp": int(lib.FLOWLABEL_PROTO_UDP)}
-        self._protocol_names = {number: name for name, number in self._protocols.items()}
+        extension()  # here, not at the first attach: NotSupportedError where the kernel side cannot run
         self.attach_mode = attach
         self.max_flows = max_flows
         self._remove_qdisc = remove_qdisc
@@ -89,7 +95,7 @@ class Marker:
         self._programs: dict[bool, Program] = {}  # by l3
         self._flows: FlowMap | None = None  # the programs' shared flow map
         # The flow, or flows (with the label each asked for, most recent last), holding each map key.
-        self._owners: dict[bytes, Flow | dict[Flow, int]] = {}
+        self._owners: dict[bytes, bytes | dict[bytes, int]] = {}
         self._attachments: dict[str, Attachment] = {}
         self._local: frozenset[bytes] = frozenset()  # packed addresses
         self._local_read = 0.0
@@ -164,58 +170,58 @@ class Marker:
                 self._local = frozenset(addr.packed for addr in local_addresses())
             self._local_read = now
 
-    def _keys(self, flows: FlowMap, flow: Flow) -> tuple[bytes, bytes]:
-        """The flow's map key as given, and turned around."""
-        src, dst = flow.src.packed, flow.dst.packed
-        if len(src) != 16:
-            raise ValueError(f"IPv4 flows have no flow label: {flow}")
-        proto = self._protocols[flow.protocol]
-        pack = flows.key_packer
-        return pack(src, dst, flow.sport, flow.dport, proto), pack(dst, src, flow.dport, flow.sport, proto)
+    # The flows a map entry is held by are the packed keys of the flows as announced (flow_key):
+    # bytes the daemon's flow table holds already, so holding costs a reference, not a copy.
 
-    def _egress_keys(self, flow: Flow, forward: bytes, reverse: bytes) -> tuple[bytes, ...]:
-        """The keys a flow not held yet gets: as it leaves this host; both if neither end is local."""
-        src, dst = flow.src.packed, flow.dst.packed
+    def _egress_keys(self, key: bytes) -> tuple[bytes, ...]:
+        """The map keys of a flow not held yet: as it leaves this host; both ways if neither end is local."""
+        src, dst = key_source(key), key_destination(key)
         for attempt in range(2):
             if src in self._local:
-                return (forward,)
+                return (key,)
             if dst in self._local:
-                return (reverse,)
+                return (reversed_key(key),)
             if attempt == 0:
                 self._refresh_local_addresses()
-        return (forward, reverse)
+        return (key, reversed_key(key))
 
-    def _holds(self, key: bytes, flow: Flow) -> bool:
+    def _holds(self, key: bytes, holder: bytes) -> bool:
         owner = self._owners.get(key)
-        return owner is not None and (flow in owner if isinstance(owner, dict) else owner == flow)
+        return owner is not None and (holder in owner if isinstance(owner, dict) else owner == holder)
 
-    def _held_or_egress_keys(self, flows: FlowMap, flow: Flow) -> tuple[bytes, ...]:
-        """The keys the flow holds (what was written for it stays its own), else its egress keys."""
-        forward, reverse = self._keys(flows, flow)
-        held = tuple(key for key in (forward, reverse) if self._holds(key, flow))
-        return held or self._egress_keys(flow, forward, reverse)
+    def _held_or_egress_keys(self, holder: bytes) -> tuple[bytes, ...]:
+        """The map keys a flow holds (what was written for it stays its own), else its egress keys."""
+        reverse = reversed_key(holder)
+        held = tuple(key for key in (holder, reverse) if self._holds(key, holder))
+        return held or self._egress_keys(holder)
 
-    def _own(self, key: bytes, flow: Flow, label: int, current: int | None) -> None:
-        """Record that ``flow`` holds ``key`` with ``label`` (the most recent holder's label applies).
+    def _own(self, key: bytes, holder: bytes, label: int, current: int | None) -> None:
+        """Record that ``holder`` holds ``key`` with ``label`` (the most recent holder's label applies).
 
         ``current`` is the key's label before, needed when a second flow joins the first.
         """
         owners = self._owners
         owner = owners.get(key)
-        if owner is None or (not isinstance(owner, dict) and owner == flow):
-            owners[key] = flow
+        if owner is None or (not isinstance(owner, dict) and owner == holder):
+            owners[key] = holder
             return
         if not isinstance(owner, dict):
             owner = owners[key] = {owner: label if current is None else current}
-        owner.pop(flow, None)
-        owner[flow] = label
+        owner.pop(holder, None)
+        owner[holder] = label
 
-    def _shared_label(self, flows: FlowMap, key: bytes, flow: Flow) -> int | None:
+    def _shared_label(self, flows: FlowMap, key: bytes, holder: bytes) -> int | None:
         """The key's label, where one other flow holds it already (it is kept, to share the key)."""
         owner = self._owners.get(key)
-        if owner is None or isinstance(owner, dict) or owner == flow:
+        if owner is None or isinstance(owner, dict) or owner == holder:
             return None
         return flows.get(key)
+
+    @staticmethod
+    def _key(flow: Flow) -> bytes:
+        if not flow.is_ipv6:
+            raise ValueError(f"IPv4 flows have no flow label: {flow}")
+        return flow_key(flow)
 
     def add(self, flow: Flow, label: int) -> None:
         """Mark the flow's packets with ``label`` (20 bits); replaces an earlier label.
@@ -224,22 +230,26 @@ class Marker:
         both leave the host as the same packets): each holds it, the entry
         stays until both are removed, and the label last added applies.
         """
+        self.add_key(self._key(flow), label)
+
+    def add_key(self, holder: bytes, label: int) -> None:
+        """:meth:`add` for the flow with this packed key (flowlabel.flow.flow_key)."""
         flows = self._flows if not self._closed else None
         if flows is None:  # one check on the hot path; _map() says what is wrong
             flows = self._map()
         if not 0 <= label <= 0xFFFFF:
             raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
         done: list[bytes] = []
-        for key in self._held_or_egress_keys(flows, flow):
-            current = self._shared_label(flows, key, flow)
+        for key in self._held_or_egress_keys(holder):
+            current = self._shared_label(flows, key, holder)
             try:
                 flows.put(key, label)
             except MapFullError:
                 for written in done:  # a flow is marked both ways or not at all
-                    self._release(flows, written, flow)
-                raise MapFullError(
-                    f"the flow map is full ({self.max_flows} flows); cannot add {flow}") from None
-            self._own(key, flow, label, current)
+                    self._release(flows, written, holder)
+                raise MapFullError(f"the flow map is full ({self.max_flows} flows); "
+                                   f"cannot add {flow_of_key(holder)}") from None
+            self._own(key, holder, label, current)
             done.append(key)
 
     def add_many(self, items: Iterable[tuple[Flow, int]]) -> int:
@@ -247,48 +257,52 @@ class Marker:
 
         MapFullError, and nothing added, when the new entries would not fit.
         """
+        return self.add_many_keys([(self._key(flow), label) for flow, label in items])
+
+    def add_many_keys(self, items: list[tuple[bytes, int]]) -> int:
+        """:meth:`add_many` for flows given by their packed keys."""
         flows = self._map()
         writes: dict[bytes, int] = {}
-        owned: list[tuple[bytes, Flow, int, int | None]] = []
-        for flow, label in items:
+        owned: list[tuple[bytes, bytes, int, int | None]] = []
+        for holder, label in items:
             if not 0 <= label <= 0xFFFFF:
                 raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
-            for key in self._held_or_egress_keys(flows, flow):
+            for key in self._held_or_egress_keys(holder):
                 writes.pop(key, None)
                 writes[key] = label  # the last label for a key applies, as with add()
-                owned.append((key, flow, label, self._shared_label(flows, key, flow)))
+                owned.append((key, holder, label, self._shared_label(flows, key, holder)))
         try:
             written = flows.put_many(list(writes.items()))
         except MapFullError:
             raise
         except MarkerError:
             # Partly written: own what reached the map, so that removing it works.
-            for key, flow, label, current in owned:
+            for key, holder, label, current in owned:
                 if flows.get(key) is not None:
-                    self._own(key, flow, label, current)
+                    self._own(key, holder, label, current)
             raise
         written_now: dict[bytes, int] = {}  # what an earlier item of this batch gave a key
-        for key, flow, label, current in owned:
-            self._own(key, flow, label, written_now.get(key, current))
+        for key, holder, label, current in owned:
+            self._own(key, holder, label, written_now.get(key, current))
             written_now[key] = label
         return written
 
-    def _release(self, flows: FlowMap, key: bytes, flow: Flow) -> bool:
-        """``flow`` no longer holds ``key``: delete the entry after its last holder, or relabel it."""
+    def _release(self, flows: FlowMap, key: bytes, holder: bytes) -> bool:
+        """``holder`` no longer holds ``key``: delete the entry after its last holder, or relabel it."""
         owners = self._owners
         owner = owners.get(key)
         if owner is None:
             return False
         if not isinstance(owner, dict):
-            if owner != flow:
+            if owner != holder:
                 return False
             flows.delete(key)
             del owners[key]
             return True
-        if flow not in owner:
+        if holder not in owner:
             return False
-        applied = next(reversed(owner)) == flow
-        del owner[flow]
+        applied = next(reversed(owner)) == holder
+        del owner[holder]
         label = owner[next(reversed(owner))]
         if len(owner) == 1:
             owners[key] = next(iter(owner))
@@ -301,18 +315,20 @@ class Marker:
 
         Only the entries the flow holds are touched, wherever its ends are now.
         """
+        return self.remove_key(self._key(flow))
+
+    def remove_key(self, holder: bytes) -> bool:
+        """:meth:`remove` for the flow with this packed key."""
         flows = self._flows if not self._closed else None
         if flows is None:
             flows = self._map()
-        removed = False
-        for key in self._keys(flows, flow):
-            removed = self._release(flows, key, flow) or removed
-        return removed
+        removed = self._release(flows, holder, holder)
+        return self._release(flows, reversed_key(holder), holder) or removed
 
     def get(self, flow: Flow) -> int | None:
         """The label the flow's packets get, or None."""
         flows = self._map()
-        for key in self._held_or_egress_keys(flows, flow):
+        for key in self._held_or_egress_keys(self._key(flow)):
             label = flows.get(key)
             if label is not None:
                 return label
@@ -330,22 +346,17 @@ class Marker:
 
     def socket_key(self, local: bytes, remote: bytes, local_port: int, remote_port: int) -> bytes:
         """The map key of the TCP connection of a local socket: its packets leave with local as source."""
-        return self._map().key_packer(local, remote, local_port, remote_port, self._protocols["tcp"])
+        return FLOW_KEY.pack(local, remote, local_port, remote_port, PROTOCOL_NUMBERS["tcp"])
 
     def local_tcp_keys(self) -> list[bytes]:
         """Held keys of TCP flows that leave this host from a local address: each has a socket here."""
-        flows = self._map()
+        self._map()
         self._refresh_local_addresses()
-        tcp, fields, local = self._protocols["tcp"], flows.key_fields, self._local
-        out = []
-        for key in self._owners:
-            saddr, _, _, _, proto = fields(key)
-            if proto == tcp and saddr in local:
-                out.append(key)
-        return out
+        tcp, local = PROTOCOL_NUMBERS["tcp"], self._local
+        return [key for key in self._owners if key_protocol(key) == tcp and key_source(key) in local]
 
-    def holders_of(self, key: bytes) -> list[Flow]:
-        """The flows holding a map key (none if it is not held)."""
+    def holders_of(self, key: bytes) -> list[bytes]:
+        """The flows (packed keys, as announced) holding a map key; none if it is not held."""
         owner = self._owners.get(key)
         if owner is None:
             return []
@@ -353,25 +364,13 @@ class Marker:
 
     def holders(self, flow: Flow) -> list[Flow]:
         """The flows holding the map entry of ``flow``, taken as it leaves this host (src is local)."""
-        return self.holders_of(self._keys(self._map(), flow)[0])
+        return [flow_of_key(key) for key in self.holders_of(self._key(flow))]
 
     def __iter__(self) -> Iterator[tuple[Flow, int]]:
         """The map's entries as (flow in egress orientation, label)."""
         flows = self._map()
         for raw, label in flows.entries():
-            yield self._flow_of(raw), label
-
-    def _flow_of(self, key: bytes) -> Flow:
-        """The Flow a packed ``struct flow_key`` stands for."""
-        ffi, _ = extension()
-        k = ffi.from_buffer("struct flow_key *", key)
-        return Flow(
-            self._protocol_names.get(int(k.proto), str(int(k.proto))),
-            ipaddress.IPv6Address(ffi.buffer(k.saddr)[:]),
-            ipaddress.IPv6Address(ffi.buffer(k.daddr)[:]),
-            socket.ntohs(int(k.sport)),  # network byte order in the key
-            socket.ntohs(int(k.dport)),
-        )
+            yield flow_of_key(raw), label
 
     def map_entries(self) -> int:
         """Entries the kernel's flow map holds.

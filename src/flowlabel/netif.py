@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import importlib.util
 import ipaddress
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,8 +55,35 @@ class Link(NamedTuple):
         return self.link_type in L3_LINK_TYPES
 
 
+def _pyroute2() -> None:
+    """Make ``import pyroute2.x.y`` load only what it names.
+
+    pyroute2's package __init__ imports every protocol it speaks (NDB, nl80211,
+    IPVS, plan 9, ...), about 6 MB of a daemon that needs two sockets of it. The
+    package is registered without running its __init__, which runs on the first
+    use of a name from the package itself, so other users see pyroute2 as usual.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None:
+        return  # not installed: the import that follows says so
+    package = importlib.util.module_from_spec(spec)
+
+    def complete(name: str) -> Any:
+        if importlib.util.find_spec(f"pyroute2.{name}") is not None:
+            return importlib.import_module(f"pyroute2.{name}")  # a submodule: no need for the rest
+        del package.__getattr__
+        spec.loader.exec_module(package)  # type: ignore[union-attr]
+        return getattr(package, name)
+
+    package.__getattr__ = complete  # type: ignore[method-assign]
+    sys.modules["pyroute2"] = package
+
+
 def _iproute() -> Any:
-    from pyroute2 import IPRoute
+    _pyroute2()
+    from pyroute2.iproute.linux import IPRoute
 
     return IPRoute()
 
@@ -166,7 +195,8 @@ def open_tcp_sockets() -> set[tuple[bytes, bytes, int, int]]:
 
     Read with sock_diag; the addresses are 16 bytes, the ports numbers.
     """
-    from pyroute2 import DiagSocket
+    _pyroute2()
+    from pyroute2.netlink.diag import DiagSocket
 
     with DiagSocket() as diag:
         diag.bind()
@@ -197,6 +227,7 @@ def egress_filter_program(ifindex: int, handle: int, priority: int) -> str | Non
     from the netlink filter dump (TCA_BPF_NAME, ``name:[id]`` when libbpf attached
     it), which needs no capability.
     """
+    _pyroute2()
     from pyroute2.netlink.exceptions import NetlinkError
 
     with _iproute() as ipr:

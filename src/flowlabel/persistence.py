@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Iterable
 
-from .flow import Flow
 from .flowtable import Change, FlowRecord, FlowTable
 from .metrics import Family
 from .statefile import Journal, StateFileError, StateWriter, remove_journals, restore_state, save_state
@@ -115,11 +114,11 @@ class Persistence:
             except OSError as exc:
                 self._journal_error(exc)
 
-    def removed(self, flows: set[Flow]) -> None:
-        """Journal flows taken out of the table after their changes were journaled."""
-        if self._journal is not None and flows:
+    def removed(self, keys: set[bytes]) -> None:
+        """Journal flows (packed keys) taken out of the table after their changes were journaled."""
+        if self._journal is not None and keys:
             try:
-                self._journal.removed(flows)
+                self._journal.removed(keys)
             except OSError as exc:
                 self._journal_error(exc)
 
@@ -150,7 +149,7 @@ class Persistence:
         began = time.perf_counter()
         following = self._journal.generation + 1 if self._journal is not None else 0
         try:
-            count = save_state(self.path, self.table, durable=durable, journal=following)
+            count = save_state(self.path, self.table.plain(), durable=durable, journal=following)
         except OSError as exc:
             log.error("cannot write the state file %s: %s", self.path, exc)
             return
@@ -160,22 +159,25 @@ class Persistence:
     async def save_in_steps(self) -> None:
         """Write a snapshot of the table, letting the loop serve events between steps.
 
-        The snapshot is the table at one instant within the current journal's
-        span, and names that journal: replaying all of it on top gives the
-        table at its end (every entry is a whole row or a removal). Only once
-        the snapshot is in place does a new journal start and the ones before
-        the current go, so that a snapshot that cannot be written leaves one
-        journal growing, never journals piling up: at most two exist.
+        The snapshot names the current journal and is written while it grows: each
+        flow as it is when its step comes (flows that ended meanwhile are left
+        out). Replaying all of that journal on top gives the table at the
+        journal's end whatever the steps saw, because every journal entry is a
+        whole row or a removal and every change made while writing is in it.
+        Only once the snapshot is in place does a new journal start and the ones
+        before the current go, so that a snapshot that cannot be written leaves
+        one journal growing, never journals piling up: at most two exist. One
+        step at a time is in memory, never a copy of the whole table.
         """
         assert self._journal is not None
         began = time.perf_counter()
         version = self.table.version
-        records = list(self.table)
+        keys = self.table.keys()
         generation = self._journal.generation
         try:
             with StateWriter(self.path, journal=generation) as writer:
-                for i in range(0, len(records), SAVE_STEP):
-                    writer.write(records[i : i + SAVE_STEP])
+                for i in range(0, len(keys), SAVE_STEP):
+                    writer.write(self.table.plain(keys[i : i + SAVE_STEP]))
                     await asyncio.sleep(0)
                 writer.commit()
         except OSError as exc:

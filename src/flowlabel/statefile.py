@@ -14,7 +14,8 @@ names the journal generation that continues it (``"journal": 7``; 0 when absent)
 
 Between snapshots every applied batch of changes is appended to the journal,
 ``flows.journal.<generation>``, as one line (a JSON array) in one ``write()``:
-a full row starts or relabels a flow, a five-column key
+a full row starts or relabels a flow (its start time in microseconds since 1970,
+cheaper to write than text), a five-column key
 (``["tcp", "2001:db8::1", 2345, "2001:db8::2", 5777]``) removes it. A write that
 returned is in the page cache, so a killed daemon loses nothing; only a crash of
 the whole host may take the last seconds. A snapshot names the generation being
@@ -34,11 +35,12 @@ import os
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from socket import AF_INET6, inet_ntop
 from typing import Any, NamedTuple
 
 from . import times
-from .flow import Flow, address_text
-from .flowtable import ENDED, FAILED, Change, FlowRecord
+from .flow import FLOW_KEY, PROTOCOL_NAMES, Flow, flow_key
+from .flowtable import ENDED, FAILED, Change, FlowRecord, Plain
 from .label import decode
 
 __all__ = ["Journal", "Restored", "StateFileError", "StateWriter", "journal_generations", "journal_path",
@@ -71,28 +73,26 @@ class StateFileError(ValueError):
 
 
 def _start_time(value: object) -> datetime | None:
+    """A row's start time: RFC 3339 text (the snapshot), microseconds since 1970 (the journal), or null."""
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return times.from_microseconds(value)
     if not isinstance(value, str):
-        raise ValueError(f"start_time must be a string or null, got {value!r}")
+        raise ValueError(f"start_time must be a string, a number or null, got {value!r}")
     return times.parse(value)
 
 
-def _row(record: FlowRecord) -> list[Any]:
-    flow = record.flow
-    return [
-        flow.protocol,
-        address_text(flow.src),
-        flow.sport,
-        address_text(flow.dst),
-        flow.dport,
-        record.experiment,
-        record.activity,
-        record.label,
-        None if record.start_time is None else times.format_time(record.start_time),
-        record.application,
-        record.source,
-    ]
+def _row(plain: Plain, *, text_time: bool = True) -> list[Any]:
+    """A flow's row, in COLUMNS order; the start time as text, or as its microseconds (the journal's,
+    which is written for every batch and read only at a restart)."""
+    if plain.start_us < 0:
+        start: str | int | None = None
+    else:
+        start = times.format_time(times.from_microseconds(plain.start_us)) if text_time else plain.start_us
+    ntop = inet_ntop
+    return [plain.protocol, ntop(AF_INET6, plain.src), plain.sport, ntop(AF_INET6, plain.dst), plain.dport,
+            plain.experiment, plain.activity, plain.label, start, plain.application, plain.source]
 
 
 def _record(row: object) -> FlowRecord:
@@ -109,7 +109,8 @@ def _record(row: object) -> FlowRecord:
         raise ValueError("application must be a string or null")
     if not isinstance(source, str):
         raise ValueError("source must be a string")
-    return FlowRecord(flow, experiment, activity, label, _start_time(start), application, source)
+    return FlowRecord(flow, experiment, activity, label, _start_time(start), application, source,
+                      flow_key(flow))
 
 
 class StateWriter:
@@ -135,8 +136,8 @@ class StateWriter:
         while view:
             view = view[os.write(self._fd, view) :]
 
-    def write(self, records: Iterable[FlowRecord]) -> None:
-        rows = [_row(record) for record in records]
+    def write(self, flows: Iterable[Plain]) -> None:
+        rows = [_row(plain) for plain in flows]
         if not rows:
             return
         text = json.dumps(rows, separators=(",", ":"))[1:-1]
@@ -177,12 +178,10 @@ class StateWriter:
         self.abort()
 
 
-def save_state(
-    path: str, records: Iterable[FlowRecord], *, durable: bool = False, journal: int = 0
-) -> int:
-    """Replace the state file at ``path`` with ``records``; returns how many were written."""
+def save_state(path: str, flows: Iterable[Plain], *, durable: bool = False, journal: int = 0) -> int:
+    """Replace the state file at ``path`` with ``flows``; returns how many were written."""
     with StateWriter(path, journal=journal) as writer:
-        writer.write(records)
+        writer.write(flows)
         writer.commit(durable=durable)
     return writer.count
 
@@ -245,8 +244,9 @@ def journal_generations(state_path: str) -> list[int]:
     return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
 
 
-def _key_row(flow: Flow) -> list[Any]:
-    return [flow.protocol, address_text(flow.src), flow.sport, address_text(flow.dst), flow.dport]
+def _key_row(key: bytes) -> list[Any]:
+    src, dst, sport, dport, proto = FLOW_KEY.unpack(key)
+    return [PROTOCOL_NAMES[proto], inet_ntop(AF_INET6, src), sport, inet_ntop(AF_INET6, dst), dport]
 
 
 class Journal:
@@ -269,15 +269,15 @@ class Journal:
             if not change.relabel or change.record is None:
                 continue
             if change.outcome == ENDED or change.outcome == FAILED:
-                entries.append(_key_row(change.record.flow))
+                entries.append(_key_row(change.record.key))
             else:
-                entries.append(_row(change.record))
+                entries.append(_row(change.record.plain(), text_time=False))
         if entries:
             self._write(entries)
 
-    def removed(self, flows: Iterable[Flow]) -> None:
-        """Record that ``flows`` are no longer active (the classifier refused them)."""
-        entries = [_key_row(flow) for flow in flows]
+    def removed(self, keys: Iterable[bytes]) -> None:
+        """Record that the flows with these packed keys are no longer active (the classifier refused them)."""
+        entries = [_key_row(key) for key in keys]
         if entries:
             self._write(entries)
 

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from flowlabel.api_client import ApiClient
-from flowlabel.bpf.ext import key_packer
+from flowlabel.bpf.ext import key_struct
 from support.daemon_map import flow_map_fd
-from support.netns import Namespace
+from support.netns import WITH_CGROUP2, Namespace
 
 TARGET_RATE = 50_000
 TARGET_P99_MS = 2.0
@@ -71,7 +71,7 @@ class DaemonUnderTest:
             state.unlink()
         began = time.perf_counter()
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "flowlabel",
+            ["ip", "netns", "exec", self.ns.name, *WITH_CGROUP2, sys.executable, "-m", "flowlabel",
              "--config", str(self.config), "run"],
             stderr=subprocess.PIPE,
         )
@@ -154,7 +154,7 @@ def latency(daemon: DaemonUnderTest, seconds: float, rate: int = 1000) -> dict[s
     from flowlabel._bpf import ffi, lib  # type: ignore[attr-defined]
 
     fd = daemon.map_fd()
-    pack_key = key_packer(ffi)
+    pack_key = key_struct(ffi).pack
     value = ffi.new("struct flow_value *")
     samples = []
     pipe = os.open(daemon.pipe, os.O_WRONLY)

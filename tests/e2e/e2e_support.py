@@ -27,12 +27,9 @@ import pytest
 from flowlabel.api_client import ApiClient
 from flowlabel.label import Label, decode
 from flowlabel.marker import tcx_program_names
-from support.netns import Namespace, Pair
+from support.netns import WITH_CGROUP2, Namespace, Pair
 
 READY_TIMEOUT = 15.0
-# `ip netns exec` mounts a /sys of the namespace's own, without the cgroup v2 hierarchy a host has at
-# /sys/fs/cgroup; mounted there again (the same hierarchy), the daemon can watch sockets as on a host.
-WITH_CGROUP2 = ("sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; exec "$@"', "sh")
 
 
 class Daemon:

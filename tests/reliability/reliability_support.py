@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from flowlabel.bpf.ext import key_packer
+from flowlabel.bpf.ext import key_struct
 from flowlabel.defaults import MAX_FLOWS
 from support.daemon_map import flow_map_fd
 
@@ -38,7 +38,7 @@ class KernelMap:
         ffi, _ = _bpf()
         self.key_size = ffi.sizeof("struct flow_key")
         self.fd = flow_map_fd(pid)
-        self._pack = key_packer(ffi)
+        self._pack = key_struct(ffi).pack
 
     def key(self, protocol: str, src: str, dst: str, sport: int, dport: int) -> bytes:
         """The map key of a flow as it leaves the host (``src`` is the local end)."""

@@ -78,6 +78,11 @@ class Namespace:
         self.close()
 
 
+#: A command prefix for ``ip netns exec``, which mounts a /sys of the namespace's own without the
+#: cgroup v2 hierarchy a host has at /sys/fs/cgroup: mounted there again (the same hierarchy), the
+#: daemon can watch sockets as it does on a host.
+WITH_CGROUP2 = ("sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; exec "$@"', "sh")
+
 #: The addresses of a Pair's two ends.
 A, B = "fd00::1", "fd00::2"
 

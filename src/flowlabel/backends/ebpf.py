@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from ..config import Ebpf
 from ..errors import InterfaceError, MapFullError, MarkerError
-from ..flow import Flow
 from ..flowtable import ENDED, Change, FlowRecord
 from ..lifecycle import Reaper
 from ..metrics import Family
@@ -78,8 +77,8 @@ class EbpfBackend:
             )
         return names
 
-    def start(self, records: Sequence[FlowRecord]) -> list[Flow]:
-        """Load and attach the classifier, then mark ``records``; returns the flows it could not take."""
+    def start(self, records: Sequence[FlowRecord]) -> list[bytes]:
+        """Attach the classifier, then mark ``records``; returns the (keys of) flows it could not take."""
         from ..marker import Marker
 
         cfg = self.config
@@ -93,7 +92,7 @@ class EbpfBackend:
             max_flows=cfg.max_flows,
         )
         self._indexes = {name: _ifindex(name) for name in targets}
-        failed = self._add([(record.flow, record.label) for record in records])
+        failed = self._add([(record.key, record.label) for record in records])
         # After the restored flows are in: those whose socket is gone end at the first poll.
         self.reaper = Reaper(self._marker, cfg.idle_timeout, cfg.socket_tracking)
         self.reaper.start()
@@ -120,49 +119,44 @@ class EbpfBackend:
             except MarkerError as exc:
                 log.warning("interface %s: %s", name, exc)
 
-    def apply(self, changes: Iterable[Change]) -> list[Flow]:
-        """Write the changes to the map; returns the flows that could not be added."""
-        final: dict[Flow, int | None] = {}
+    def apply(self, changes: Iterable[Change]) -> list[bytes]:
+        """Write the changes to the map; returns the (keys of) flows that could not be added."""
+        final: dict[bytes, int | None] = {}
         for change in changes:
             if change.relabel and change.record is not None:
-                final[change.record.flow] = None if change.outcome == ENDED else change.record.label
+                final[change.record.key] = None if change.outcome == ENDED else change.record.label
         if not final:
             return []
         if self._marker is None:
             raise MarkerError("the eBPF backend is not started")
-        removes = [flow for flow, label in final.items() if label is None]
-        if removes:
-            self._remove(removes)
-        return self._add([(flow, label) for flow, label in final.items() if label is not None])
+        for key, label in final.items():
+            if label is None:
+                self._marker.remove_key(key)
+        return self._add([(key, label) for key, label in final.items() if label is not None])
 
-    def _remove(self, flows: list[Flow]) -> None:
-        assert self._marker is not None
-        for flow in flows:
-            self._marker.remove(flow)
-
-    def _add(self, items: list[tuple[Flow, int]]) -> list[Flow]:
+    def _add(self, items: list[tuple[bytes, int]]) -> list[bytes]:
         if not items or self._marker is None:
             return []
         failed = self._add_or_report(self._marker, items)
         for _, exc in failed:
             log.warning("not marked: %s", exc)
         self.failures += len(failed)
-        return [flow for flow, _ in failed]
+        return [key for key, _ in failed]
 
     @staticmethod
-    def _add_or_report(marker: Marker, items: list[tuple[Flow, int]]) -> list[tuple[Flow, MapFullError]]:
+    def _add_or_report(marker: Marker, items: list[tuple[bytes, int]]) -> list[tuple[bytes, MapFullError]]:
         try:
-            marker.add_many(items)
+            marker.add_many_keys(items)
             return []
         except MapFullError:
             pass
         # Some may fit: add one by one to find out which.
         failed = []
-        for flow, label in items:
+        for key, label in items:
             try:
-                marker.add(flow, label)
+                marker.add_key(key, label)
             except MapFullError as exc:
-                failed.append((flow, exc))
+                failed.append((key, exc))
         return failed
 
     def stop(self) -> None:

@@ -11,7 +11,7 @@ import os
 import struct
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import MarkerError, MissingPrivilegeError, NotSupportedError, ObjectError
 
@@ -67,17 +67,14 @@ def counter_names() -> list[str]:
     return sorted(found, key=found.__getitem__)
 
 
-def key_packer(ffi: Any) -> Callable[[bytes, bytes, int, int, int], bytes]:
-    """A fast packer of ``struct flow_key`` (saddr, daddr, sport, dport, proto)."""
-    return key_struct(ffi).pack
-
-
 def key_struct(ffi: Any) -> struct.Struct:
-    """``struct flow_key`` as (saddr, daddr, sport, dport, proto) for packing and unpacking.
+    """``struct flow_key`` as flowlabel.flow packs it, checked against the layout of bpf/marker.h.
 
-    Its format is derived from the layout cffi read from bpf/marker.h, so it
-    follows that header; ports are in network byte order, padding is zero.
+    The extension was built from marker.h, so the offsets cffi read from it are
+    the classifier's; a package whose Python side disagrees refuses to run.
     """
+    from ..flow import FLOW_KEY, PROTOCOL_NUMBERS
+
     fields = {"saddr": "16s", "daddr": "16s", "sport": "H", "dport": "H", "proto": "B"}
     fmt, pos = ">", 0
     for name in sorted(fields, key=lambda n: ffi.offsetof("struct flow_key", n)):
@@ -86,7 +83,9 @@ def key_struct(ffi: Any) -> struct.Struct:
         pos = offset + struct.calcsize(">" + fields[name])
     size = ffi.sizeof("struct flow_key")
     fmt += f"{size - pos}x" * (size > pos)
-    packer = struct.Struct(fmt)
-    if packer.size != size:
-        raise ObjectError(f"struct flow_key has fields this module does not know ({size} bytes)")
-    return packer
+    _, lib = extension()
+    numbers = {"tcp": lib.FLOWLABEL_PROTO_TCP, "udp": lib.FLOWLABEL_PROTO_UDP}
+    if struct.calcsize(fmt) != FLOW_KEY.size or fmt != FLOW_KEY.format or numbers != PROTOCOL_NUMBERS:
+        raise ObjectError(f"bpf/marker.h's struct flow_key ({fmt}) or protocol numbers differ from "
+                          f"flowlabel.flow's ({FLOW_KEY.format}): a broken build")
+    return FLOW_KEY

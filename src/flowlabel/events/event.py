@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 from .. import times
 from .._text import json_kind, show
-from ..flow import PROTOCOLS, Flow, IPAddress
+from ..flow import PROTOCOLS, Flow, IPAddress, PackedIPv6Address
 from ..label import ACTIVITY_MAX, EXPERIMENT_MAX, LabelError, check_activity, check_experiment
 from ..registry import Registry, RegistryError, as_id
 
@@ -199,7 +199,7 @@ def parse_address(text: str, field: str) -> IPAddress:
     # Zone indices ("fe80::1%eth0") are refused: they make equal addresses unequal.
     try:
         if ":" in text:
-            address = IPv6Address(_inet_pton(AF_INET6, text))
+            address = PackedIPv6Address(_inet_pton(AF_INET6, text))
         else:
             address = IPv4Address(_inet_pton(AF_INET, text))
     except (OSError, ValueError):
