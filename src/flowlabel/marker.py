@@ -271,8 +271,10 @@ class Marker:
                 writes.pop(key, None)
                 writes[key] = label  # the last label for a key applies, as with add()
                 owned.append((key, holder, label, self._shared_label(flows, key, holder)))
+        owners = self._owners
         try:
-            written = flows.put_many(list(writes.items()))
+            # A key without an owner is not in the map: the Marker alone writes it.
+            written = flows.put_many(list(writes.items()), [key not in owners for key in writes])
         except MapFullError:
             raise
         except MarkerError:

@@ -179,16 +179,19 @@ class FlowMap:
             raise errno_error("updating a flow", err)
         return False
 
-    def put_many(self, items: list[tuple[bytes, int]]) -> int:
+    def put_many(self, items: list[tuple[bytes, int]], is_new: list[bool] | None = None) -> int:
         """Put many (key, label) pairs with one batched update; returns how many were written.
 
-        MapFullError, and nothing written, when the new keys would exceed the capacity.
+        ``is_new`` says which keys are not in the map yet, where the caller knows
+        (it saves a lookup per key). MapFullError, and nothing written, when the
+        new keys would exceed the capacity.
         """
         if not items:
             return 0
         ffi, lib, presence = self._ffi, self._lib, self.presence
-        # New keys count against the capacity; find them first.
-        is_new = [lib.bpf_map_lookup_elem(self.fd, key, self._value) == -errno.ENOENT for key, _ in items]
+        if is_new is None:  # new keys count against the capacity; find them first
+            is_new = [lib.bpf_map_lookup_elem(self.fd, key, self._value) == -errno.ENOENT
+                      for key, _ in items]
         new = sum(is_new)
         if self._count + new > self.capacity:
             raise MapFullError(
