@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from e2e_support import Daemon
 
+from flowlabel.events import parse_firefly
 from support import wait_until
 from support.netns import A, B, Pair
 
@@ -95,6 +96,33 @@ def test_an_idle_udp_flow_expires_and_a_busy_one_stays(pair: Pair, tmp_path: Pat
     ports = {(f["src_port"], f["dst_port"]) for f in daemon.flows()}
     assert ports == {busy}
     assert ended(daemon, "idle") == 1
+    assert daemon.stop() == 0
+
+
+def test_a_flow_that_ended_by_itself_is_logged_and_sent_on_as_an_end_firefly(
+    pair: Pair, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    with pair.b.entered():
+        collector = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    collector.bind((B, 10514))
+    collector.settimeout(10)
+    daemon = Daemon.standard(pair, tmp_path, logLevel="debug",
+                             backends={"ebpf": {"targetInterface": pair.if_a, "idleTimeout": 2},
+                                       "firefly": {}})
+    daemons.append(daemon.start())
+    try:
+        daemon.write_pipe(f"start udp {A} 31500 {B} 9500 5 6\n")
+        started = parse_firefly(collector.recv(65536))
+        ended_event = parse_firefly(collector.recv(65536))  # no end line: the idle timeout ends it
+    finally:
+        collector.close()
+    assert (started.state, ended_event.state) == ("start", "end")
+    assert (ended_event.sport, ended_event.dport, ended_event.experiment, ended_event.activity) == \
+        (31500, 9500, 5, 6)
+    assert ended_event.start_time == started.start_time and ended_event.end_time is not None
+    assert f"udp [{A}]:31500 -> [{B}]:9500 ended by itself: idle" in daemon.log()
+    assert ended(daemon, "idle") == 1
+    assert daemon.metrics()['flowlabel_events_total{source="lifecycle",outcome="ended"}'] == 1
     assert daemon.stop() == 0
 
 
