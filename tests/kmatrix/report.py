@@ -68,14 +68,23 @@ def attach_path(check: str) -> str:
     return "?"
 
 
+def socket_tracking(check: str) -> str:
+    """How the daemon's ``socketTracking: auto`` tracks TCP sockets here: events or polling."""
+    for line in check.splitlines():
+        if line.startswith("sockets"):
+            return line.split(None, 1)[1].split(":", 1)[0]
+    return "?"
+
+
 def markdown(results: list[Result], groups: list[str]) -> str:
     """The kernel x group table, then each kernel's ``flowlabel check`` output."""
-    head = ["kernel", "attach", "check", *groups]
+    head = ["kernel", "attach", "sockets", "check", *groups]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         check_ok = "ok" if r.check.rstrip().endswith("can run the flowlabel marker") else "failed"
         cells = [str(r.cells.get(g, "not run")) for g in groups]
-        rows.append("| " + " | ".join([f"{r.name} ({r.abi})", attach_path(r.check), check_ok, *cells]) + " |")
+        row = [f"{r.name} ({r.abi})", attach_path(r.check), socket_tracking(r.check), check_ok, *cells]
+        rows.append("| " + " | ".join(row) + " |")
     text = "\n".join(rows) + "\n"
     for r in results:
         text += f"\n### `flowlabel check` on {r.abi}\n\n```\n{r.check.rstrip()}\n```\n"
