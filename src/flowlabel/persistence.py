@@ -44,6 +44,8 @@ class Persistence:
         self._restored = False
         self._saved_version = -1
         self._saves = 0
+        self._save_errors = 0
+        self._save_failing = False
         self._save_seconds = 0.0
         self.previous_boot = False
 
@@ -151,7 +153,7 @@ class Persistence:
         try:
             count = save_state(self.path, self.table.plain(), durable=durable, journal=following)
         except OSError as exc:
-            log.error("cannot write the state file %s: %s", self.path, exc)
+            self._save_error(exc)
             return
         remove_journals(self.path, following)
         self._saved(began, count)
@@ -181,13 +183,24 @@ class Persistence:
                     await asyncio.sleep(0)
                 writer.commit()
         except OSError as exc:
-            log.error("cannot write the state file %s: %s", self.path, exc)
+            self._save_error(exc)
             return
         self._next_journal()
         remove_journals(self.path, generation)
         self._saved(began, writer.count, version)
 
+    def _save_error(self, exc: OSError) -> None:
+        # Retried at every interval; logged once until a write works again, counted every time.
+        self._save_errors += 1
+        if not self._save_failing:
+            self._save_failing = True
+            log.error("cannot write the state file %s: %s; the journal keeps every change until a "
+                      "write works again", self.path, exc)
+
     def _saved(self, began: float, count: int, version: int | None = None) -> None:
+        if self._save_failing:
+            self._save_failing = False
+            log.info("the state file %s is written again", self.path)
         self._save_seconds = time.perf_counter() - began
         self._saves += 1
         self._saved_version = self.table.version if version is None else version
@@ -205,6 +218,8 @@ class Persistence:
     def families(self) -> list[Family]:
         return [
             Family.single("flowlabel_state_saves_total", "counter", "Writes of the state file", self._saves),
+            Family.single("flowlabel_state_save_errors_total", "counter",
+                          "State-file writes that failed (the journal keeps the changes)", self._save_errors),
             Family.single("flowlabel_state_save_seconds", "gauge", "How long the last state-file write took",
                           self._save_seconds),
         ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from flowlabel.events import FlowEvent
 from flowlabel.flowtable import ENDED, IPV4, REFRESHED, STARTED, UNKNOWN_END, FlowTable
 from flowlabel.label import decode
+from flowlabel.persistence import Persistence
 from flowlabel.statefile import (
     Journal,
     StateFileError,
@@ -206,3 +209,34 @@ def test_removed_flows_are_journaled(tmp_path: Path) -> None:
     journal.removed({change.record.key})
     journal.close()
     assert restore_state(path).records == []
+
+
+def test_snapshots_that_cannot_be_written_leave_one_journal_growing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "flows.json"
+    table = FlowTable()
+    persistence = Persistence(str(path), table, interval=1.0)
+    persistence.restore()
+    persistence.restored()
+    blocker = tmp_path / "flows.json.tmp"
+    blocker.mkdir()  # the snapshot's temporary file cannot be created (root ignores modes)
+    with caplog.at_level(logging.INFO, logger="flowlabel"):
+        for port in range(1, 41):
+            persistence.record([table.apply(event("start", sport=port), "pipe")])
+            asyncio.run(persistence.save_in_steps())
+            persistence.save()
+        failed = [r for r in caplog.records if "cannot write the state file" in r.getMessage()]
+        assert len(failed) == 1  # once, not once per attempt
+        assert len(journal_generations(str(path))) == 1  # one journal, growing
+        errors = {f.name: f.samples for f in persistence.families()}["flowlabel_state_save_errors_total"]
+        assert errors[0][1] == 80
+        assert sorted(restore_state(str(path)).records) == sorted(table)  # nothing lost meanwhile
+        blocker.rmdir()
+        for port in range(41, 45):
+            persistence.record([table.apply(event("start", sport=port), "pipe")])
+            asyncio.run(persistence.save_in_steps())
+            assert len(journal_generations(str(path))) <= 2
+    assert any("is written again" in r.getMessage() for r in caplog.records)
+    persistence.close()
+    assert sorted(restore_state(str(path)).records) == sorted(table)
