@@ -39,6 +39,7 @@ FEATURES = (
     Feature("CAP_BPF", "CAP_BPF and CAP_PERFMON", "5.8", False),
     Feature("memlock", "memory-cgroup accounting of BPF memory", "5.11", False),
     Feature("TCX", "TCX links", "6.6", False),
+    Feature("sockets", "BPF ring buffer for socket events", "5.8", False),
 )
 FEATURE = {f.row: f for f in FEATURES}
 #: The oldest Linux release with every required feature.
