@@ -164,6 +164,22 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _flow_arguments(end, ids_required=False)
+
+    cleanup = commands.add_parser(
+        "cleanup",
+        parents=[common],
+        help="remove what a killed marker left on the interfaces",
+        description=(
+            "Remove the classifier filters and clsact qdiscs that a flowlabel marker left behind when "
+            "it was killed (flowd-go's `marker clean`), in this network namespace. Only flowlabel's "
+            "filter (its program at flowlabel's handle and priority) and a qdisc that a flowlabel "
+            "marker recorded creating are touched; other filters and qdiscs, and interfaces that a "
+            "running marker holds, are left as they are. Prints one line per thing found."
+        ),
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    cleanup.add_argument("interfaces", metavar="INTERFACE", nargs="*",
+                         help="only these interfaces (default: all)")
     return parser
 
 
@@ -322,6 +338,21 @@ def _event(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cleanup(args: argparse.Namespace) -> int:
+    from .cleanup import cleanup
+    from .errors import MarkerError
+
+    try:
+        found = cleanup(dry_run=args.dry_run, interfaces=args.interfaces or None)
+    except MarkerError as exc:
+        raise _Failure(f"cleanup: {exc}") from None
+    for leftover in found:
+        print(leftover)
+    if not any(leftover.action != "kept" for leftover in found):
+        print("nothing of flowlabel's to remove")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -341,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _flows(args)
         if args.command in ("start", "end"):
             return _event(args)
+        if args.command == "cleanup":
+            return _cleanup(args)
     except _Failure as exc:
         print(f"flowlabel: {exc}", file=sys.stderr)
         return exc.status

@@ -33,6 +33,19 @@ def _netns_id() -> str:
         return "0"
 
 
+def _interface_id(ifname: str) -> str:
+    return f"{_netns_id()}-{ifname}"
+
+
+def qdisc_record(ifname: str) -> Path:
+    """Where a marker notes that it created the clsact qdisc on ``ifname``.
+
+    The note outlives a killed marker, so that the next one, or ``flowlabel
+    cleanup``, can remove that qdisc and no other.
+    """
+    return LOCK_DIR / f"{_interface_id(ifname)}.qdisc"
+
+
 class InterfaceLock:
     """An flock per (network namespace, interface): one Marker per interface at a time."""
 
@@ -40,15 +53,19 @@ class InterfaceLock:
         import fcntl
 
         LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        self.path = LOCK_DIR / f"{_netns_id()}-{ifname}.lock"
+        self.path = LOCK_DIR / f"{_interface_id(ifname)}.lock"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
+            try:
+                holder = self.path.read_text().strip()
+            except OSError:
+                holder = "?"
             raise AttachConflictError(
-                f"another flowlabel marker is attached to {ifname!r}; close it first "
-                "(one marker per interface)"
+                f"another flowlabel marker (pid {holder or '?'}) is attached to {ifname!r}; close it "
+                "first (one marker per interface)"
             ) from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
@@ -109,7 +126,10 @@ class Attachment:
         created = lib.fl_tc_hook_create(self.ifindex)
         if created < 0:
             raise errno_error(f"creating the clsact qdisc on {self.name!r}", created)
-        self.created_qdisc = created == 1
+        record = qdisc_record(self.name)
+        if created == 1:
+            record.write_text(f"{self.ifindex}\n")
+        self.created_qdisc = created == 1 or _recorded_qdisc(record, self.ifindex)
         # The filter dump names the program at our handle and priority; reading a
         # program by its id instead would need CAP_SYS_ADMIN, which the unit does not grant.
         found = egress_filter_program(self.ifindex, TC_HANDLE, TC_PRIORITY)
@@ -137,8 +157,41 @@ class Attachment:
                     raise errno_error(f"detaching from {self.name!r}", err)
                 if self.created_qdisc and self._remove_qdisc and not clsact_has_filters(self.ifindex):
                     self._lib.fl_tc_hook_destroy(self.ifindex)
+                qdisc_record(self.name).unlink(missing_ok=True)
         finally:
             self._lock.release()
+
+
+def _recorded_qdisc(record: Path, ifindex: int) -> bool:
+    """Whether ``record`` says that a marker created the qdisc of this very interface."""
+    try:
+        return record.read_text().strip() == str(ifindex)
+    except OSError:
+        return False
+
+
+def remove_recorded_qdisc(ifname: str, ifindex: int, *, dry_run: bool = False) -> bool:
+    """Remove the clsact qdisc on ``ifname`` if a marker recorded creating it and it holds no filter.
+
+    True when it was (or, with ``dry_run``, would be) removed.
+    """
+    record = qdisc_record(ifname)
+    if not _recorded_qdisc(record, ifindex) or clsact_has_filters(ifindex):
+        return False
+    if dry_run:
+        return True
+    err = extension()[1].fl_tc_hook_destroy(ifindex)
+    if err and abs(err) not in (errno.ENOENT, errno.EINVAL):
+        raise errno_error(f"removing the clsact qdisc of {ifname!r}", err)
+    record.unlink(missing_ok=True)
+    return True
+
+
+def remove_filter(ifname: str, ifindex: int) -> None:
+    """Remove the cls_bpf filter at flowlabel's handle and priority on ``ifname`` egress."""
+    err = extension()[1].fl_tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
+    if err and abs(err) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+        raise errno_error(f"removing the filter on {ifname!r}", err)
 
 
 def tcx_programs(ifindex: int) -> list[tuple[int, str | None]]:
