@@ -90,7 +90,7 @@ def kernels(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff and mypy."""
-    session.install("ruff>=0.6", "mypy>=1.10", "cffi", "pyroute2", *TEST_DEPS)
+    session.install("ruff>=0.6", "mypy>=1.10", "cffi", "pyroute2", "PyYAML", "types-PyYAML", *TEST_DEPS)
     session.run("ruff", "check", "src", "tests", "csrc", "noxfile.py")
     session.run("mypy")
 

@@ -26,7 +26,7 @@ def test_no_file_gives_the_builtin_default() -> None:
     assert cfg.plugins.named_pipe == config.NamedPipe()
     assert cfg.plugins.api == config.Api()
     assert cfg.plugins.firefly is None
-    assert cfg.backends.ebpf is not None and cfg.backends.ebpf.interfaces == ["lo"]
+    assert cfg.backends.marker is not None and cfg.backends.marker.interfaces == ["lo"]
     assert cfg.backends.firefly is None and cfg.backends.prometheus is None
 
 
@@ -39,10 +39,10 @@ def test_documented_defaults() -> None:
     assert cfg.plugins.named_pipe == config.NamedPipe("/var/run/flowd", 5, 1000)
     assert (cfg.plugins.api.bind_address, cfg.plugins.api.bind_port) == ("127.0.0.1", 7777)
     assert (cfg.plugins.firefly.bind_address, cfg.plugins.firefly.bind_port) == ("127.0.0.1", 10514)
-    ebpf = cfg.backends.ebpf
+    ebpf = cfg.backends.marker
     assert ebpf.remove_qdisc is True and ebpf.program is None and ebpf.attach_mode == "auto"
     assert ebpf.max_flows == 131072 and not ebpf.debug_mode and not ebpf.discover_interfaces
-    assert cfg.backends.firefly == config.FireflySender(10514, False, None)
+    assert cfg.backends.firefly == config.FireflySender()
     assert (cfg.backends.prometheus.bind_address, cfg.backends.prometheus.bind_port) == ("127.0.0.1", 9464)
 
 
@@ -54,7 +54,7 @@ def test_empty_object_enables_nothing() -> None:
 def test_flowd_ebpf_backend_keys() -> None:
     cfg = parse({"backends": {"ebpf": {"targetInterface": "eth0", "removeQdisc": False,
                                        "programPath": "/opt/marker.bpf.o"}}})
-    ebpf = cfg.backends.ebpf
+    ebpf = cfg.backends.marker
     assert ebpf.interfaces == ["eth0"]
     assert ebpf.remove_qdisc is False
     assert ebpf.program == "/opt/marker.bpf.o"
@@ -69,21 +69,21 @@ def test_flowd_go_sample_file_loads_unchanged() -> None:
         "backends": {"ebpf": {}},
     })
     assert cfg.plugins.named_pipe.pipe_path == "np"
-    assert cfg.backends.ebpf.interfaces == ["lo"]
+    assert cfg.backends.marker.interfaces == ["lo"]
 
 
 def test_empty_program_path_means_the_packaged_object() -> None:
-    assert parse({"backends": {"ebpf": {"programPath": ""}}}).backends.ebpf.program is None
+    assert parse({"backends": {"ebpf": {"programPath": ""}}}).backends.marker.program is None
 
 
 def test_interfaces_merge_without_repeats() -> None:
     ebpf = parse({"backends": {"ebpf": {"targetInterface": "eth0",
-                                        "targetInterfaces": ["eth1", "eth0"]}}}).backends.ebpf
+                                        "targetInterfaces": ["eth1", "eth0"]}}}).backends.marker
     assert ebpf.interfaces == ["eth0", "eth1"]
 
 
 def test_discovery_alone_names_no_interface() -> None:
-    ebpf = parse({"backends": {"ebpf": {"discoverInterfaces": True}}}).backends.ebpf
+    ebpf = parse({"backends": {"ebpf": {"discoverInterfaces": True}}}).backends.marker
     assert ebpf.interfaces == []
 
 
@@ -109,21 +109,29 @@ def test_discovery_alone_names_no_interface() -> None:
          'backends.ebpf.attachMode: must be one of "auto", "tcx", "tc", got "xdp"'),
         ({"backends": {"ebpf": {"maxFlows": 0}}}, "backends.ebpf.maxFlows: must be between 1 and"),
         ({"backends": {"ebpf": {"markingStrategy": "hopByHop"}}},
-         'backends.ebpf.markingStrategy: only "flowLabel" marking is supported, got "hopByHop"'),
+         'backends.ebpf.markingStrategy: flowlabel marks the IPv6 flow label only ("label")'),
         ({"backends": {"ebpf": {"targetInterface": "a-very-long-interface-name"}}},
          "backends.ebpf.targetInterface:"),
         ({"backends": {"firefly": {"fireflyDestinationPort": 0}}},
          "backends.firefly.fireflyDestinationPort: must be a port number 1-65535, got 0"),
-        ({"backends": {"firefly": {"collectorAddress": "collector.example"}}},
-         "backends.firefly.collectorAddress: must be an IPv4 or IPv6 address"),
+        ({"backends": {"firefly": {"collectorAddress": "collector example"}}},
+         "backends.firefly.collectorAddress: must be an IPv4 or IPv6 address or a host name"),
+        ({"backends": {"firefly": {"collectors": ["c.example:x"]}}},
+         'backends.firefly.collectors: "c.example:x": has a port that is not a number'),
+        ({"backends": {"ebpf": {}, "marker": {}}},
+         "backends.marker: ebpf and marker are the same setting; give one"),
+        ({"backends": {"marker": {"matchAll": True}}},
+         "backends.marker.matchAll: marking every packet (matchAll) is not supported by flowlabel yet"),
+        ({"plugins": {"perfsonar": {"experimentId": 2}}},
+         "plugins.perfsonar: marking all traffic with fixed IDs (plugins.perfsonar) is not supported"),
         ({"backends": {"ebpf": []}}, "backends.ebpf: expected an object, got an array"),
-        ({"backends": {"marker": {}}},
-         "backends.marker: unknown key (known here: ebpf, firefly, prometheus)"),
+        ({"backends": {"mark": {}}},
+         "backends.mark: unknown key (known here: marker, firefly, prometheus)"),
         ({"plugins": None}, "plugins: expected an object, got null"),
         ({"pidPath": ""}, "pidPath: must not be empty"),
         ({"saveInterval": 0}, "saveInterval: must be between"),
         ({"logLevel": "verbose"}, 'logLevel: must be one of "debug", "info", "warning", "error"'),
-        ([], "the configuration must be a JSON object, got an array"),
+        ([], "the configuration must be an object (a mapping of keys), got an array"),
     ],
 )
 def test_errors_name_their_path(document: object, message: str) -> None:
@@ -138,7 +146,7 @@ def test_optional_sections_may_be_null() -> None:
 def test_load_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "flowd.json"
     path.write_text(json.dumps({"backends": {"ebpf": {"targetInterface": "veth0"}}}))
-    assert config.load(path).backends.ebpf.interfaces == ["veth0"]
+    assert config.load(path).backends.marker.interfaces == ["veth0"]
 
 
 def test_load_reports_bad_json_with_its_position(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from ..config import Ebpf
+from ..config import Marking
 from ..errors import InterfaceError, MapFullError, MarkerError
 from ..flowtable import ENDED, Change, FlowRecord
 from ..lifecycle import Reaper
@@ -47,7 +47,7 @@ class EbpfBackend:
 
     name = "ebpf"
 
-    def __init__(self, config: Ebpf) -> None:
+    def __init__(self, config: Marking) -> None:
         self.config = config
         self._marker: Marker | None = None
         self.failures = 0

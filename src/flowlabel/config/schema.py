@@ -1,16 +1,12 @@
-"""The daemon's configuration: a JSON file in the format of flowd-go.
+"""The configuration tree: every key, its type, its default and its check.
 
-Every key is optional; a missing key takes the default documented in
-``docs/configuration.md`` and in the dataclasses below. A plugin (event source)
-or backend is enabled when its object is present, even if it is empty::
-
-    {"plugins": {"namedPipe": {}, "api": {}},
-     "backends": {"ebpf": {"targetInterface": "eth0"}}}
-
-JSON keys are the camelCase spelling of the field names (``pid_path`` is
-``pidPath``). An unknown key or a value of the wrong type is a
-:class:`ConfigError` naming its JSON path, e.g.
-``backends.ebpf.removeQdisc: expected a boolean, got "yes"``.
+JSON and YAML keys are the camelCase spelling of the field names (``pid_path``
+is ``pidPath``), unless a field's metadata names the key (``key``) or older
+spellings that mean the same (``aliases``: flowd-go 1.x's ``ebpf`` for 2.x's
+``marker``). A plugin (event source) or backend is enabled when its object is
+present, even if it is empty. Keys flowd-go defines for features flowlabel does
+not have are accepted at their defaults and refused, with the reason, when
+they would ask for the feature.
 """
 
 # The dataclasses below are read with typing.get_type_hints, which must evaluate
@@ -24,13 +20,10 @@ import dataclasses
 import ipaddress
 import json
 import os
-import stat
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
-from ._text import show_json
-from .defaults import (
+from ..defaults import (
     API_PORT,
     ATTACH_MODES,
     FIREFLY_PORT,
@@ -42,25 +35,22 @@ from .defaults import (
 )
 
 __all__ = [
-    "DEFAULT_CONFIG",
     "Api",
     "Backends",
     "Config",
     "ConfigError",
-    "Ebpf",
     "FireflyListener",
+    "FireflyReceiver",
     "FireflySender",
+    "Marking",
     "NamedPipe",
     "Plugins",
     "Prometheus",
-    "load",
-    "parse",
 ]
 
 
-
 class ConfigError(ValueError):
-    """The configuration is invalid; ``path`` is the JSON path of the culprit ("" for the whole file)."""
+    """The configuration is invalid; ``path`` is the key path of the culprit ("" for the whole file)."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(path, reason)
@@ -92,8 +82,13 @@ def _address(value: str) -> str | None:
     return None
 
 
-def _optional_address(value: str | None) -> str | None:
-    return None if value is None else _address(value)
+def _host(value: str) -> str | None:
+    """An address, or a host name to resolve when the daemon starts."""
+    if _address(value) is None:
+        return None
+    if not value or len(value) > 253 or any(c.isspace() or c in "/[]" for c in value):
+        return f"must be an IPv4 or IPv6 address or a host name, got {json.dumps(value)}"
+    return None
 
 
 def _range(low: float, high: float) -> Check:
@@ -109,9 +104,9 @@ def _idle_timeout(value: int) -> str | None:
     return f"must be 0 (never) or between 2 and {7 * 86400} seconds, got {value}"
 
 
-def _one_of(*choices: str) -> Check:
+def _one_of(*choices: str, case: bool = True) -> Check:
     def check(value: str) -> str | None:
-        if value in choices:
+        if (value if case else value.lower()) in choices:
             return None
         return f"must be one of {', '.join(json.dumps(c) for c in choices)}, got {json.dumps(value)}"
 
@@ -129,21 +124,42 @@ def _interfaces(value: list[str]) -> str | None:
     return None
 
 
+#: flowd-go's marking strategies; only the flow label is written here.
+MARKING_STRATEGIES = ("label", "flowlabel", "hopbyhop", "destination", "hopbyhopdestination")
+
+
 def _marking(value: str) -> str | None:
-    if value == "flowLabel":
-        return None
-    return f'only "flowLabel" marking is supported, got {json.dumps(value)}'
+    problem = _one_of(*MARKING_STRATEGIES, case=False)(value)
+    if problem is not None:
+        return problem
+    if value.lower() not in ("label", "flowlabel"):
+        return (f"flowlabel marks the IPv6 flow label only (\"label\"); the extension-header strategy "
+                f"{json.dumps(value)} is not supported")
+    return None
 
 
-def _opt(default: Any = None, check: Check | None = None, **kw: Any) -> Any:
-    """A dataclass field with an optional value check kept in its metadata."""
-    metadata = {"check": check} if check is not None else {}
+def _not_supported(what: str) -> Check:
+    """A check that refuses any value that asks for ``what``."""
+
+    def check(value: object) -> str | None:
+        if value is None or value is False:
+            return None
+        return f"{what} is not supported by flowlabel yet; remove this key (or set it to false) to run"
+
+    return check
+
+
+def _opt(default: Any = None, check: Check | None = None, **meta: Any) -> Any:
+    """A dataclass field with an optional value check and key metadata (``key``, ``aliases``)."""
+    metadata = dict(meta)
+    if check is not None:
+        metadata["check"] = check
     if isinstance(default, list):
         items = list(default)
-        return field(default_factory=items.copy, metadata=metadata, **kw)
+        return field(default_factory=items.copy, metadata=metadata)
     if dataclasses.is_dataclass(default):
-        return field(default_factory=type(default), metadata=metadata, **kw)
-    return field(default=default, metadata=metadata, **kw)
+        return field(default_factory=type(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # -- the configuration tree --------------------------------------------------------------------
@@ -169,6 +185,14 @@ class Api:
 
 
 @dataclass(frozen=True)
+class FireflyReceiver:
+    """One entry of ``plugins.firefly.fireflyReceivers``."""
+
+    address: str = _opt("127.0.0.1", _host)
+    port: int = _opt(FIREFLY_PORT, _peer_port)
+
+
+@dataclass(frozen=True)
 class FireflyListener:
     """``plugins.firefly``: fireflies received on a UDP port."""
 
@@ -178,11 +202,15 @@ class FireflyListener:
     buffer_size: int = _opt(4096, _range(512, 65507))
     #: Accepted for flowd-go compatibility: bare and syslog-prefixed fireflies are both understood.
     has_syslog_header: bool = _opt(False)
+    #: Accepted for flowd-go compatibility (a socket read timeout; the listener never blocks).
+    deadline: int = _opt(0, _range(0, 86400))
+    #: Where every understood firefly is forwarded, unchanged.
+    firefly_receivers: list[FireflyReceiver] = _opt([])
 
 
 @dataclass(frozen=True)
-class Ebpf:
-    """``backends.ebpf``: the classifier that writes the flow label."""
+class Marking:
+    """``backends.marker`` (flowd-go 1.x: ``backends.ebpf``): the classifier that writes the flow label."""
 
     #: flowd's single interface; merged with ``targetInterfaces``.
     target_interface: Optional[str] = _opt(None, lambda v: None if v is None else _interfaces([v]))
@@ -196,7 +224,9 @@ class Ebpf:
     attach_mode: str = _opt("auto", _one_of(*ATTACH_MODES))
     max_flows: int = _opt(MAX_FLOWS, _range(1, MAX_FLOWS_LIMIT))
     debug_mode: bool = _opt(False)
-    marking_strategy: str = _opt("flowLabel", _marking)
+    marking_strategy: str = _opt("label", _marking)
+    #: flowd-go's "mark every packet" (its perfSONAR mode).
+    match_all: bool = _opt(False, _not_supported("marking every packet (matchAll)"))
     #: Seconds without a packet after which a flow that nothing else ends (UDP, TCP without a local
     #: end) is ended; 0 never.
     idle_timeout: int = _opt(IDLE_TIMEOUT, _idle_timeout)
@@ -224,10 +254,47 @@ class Ebpf:
 class FireflySender:
     """``backends.firefly``: a firefly for every flow start and end."""
 
-    firefly_destination_port: int = _opt(FIREFLY_PORT, _peer_port)
+    destination_port: int = _opt(FIREFLY_PORT, _peer_port, aliases=("fireflyDestinationPort",))
     prepend_syslog: bool = _opt(False)
-    #: Send every firefly here instead of to the flow's destination address.
-    collector_address: Optional[str] = _opt(None, _optional_address)
+    #: Send each firefly to the flow's destination address (flowd-go always does).
+    send_to_destination: bool = _opt(True)
+    #: Also send each firefly to the collectors.
+    send_to_collector: bool = _opt(False)
+    collector_address: str = _opt("127.0.0.1", _host)
+    collector_port: int = _opt(FIREFLY_PORT, _peer_port)
+    #: More collectors, each "HOST", "HOST:PORT" or "[IPV6]:PORT" (the port defaults to collectorPort).
+    collectors: list[str] = _opt([], lambda v: next(filter(None, map(_collector, v)), None))
+    enrich: bool = _opt(False, _not_supported("sending enriched, periodic fireflies (enrich)"))
+    #: flowd-go's enrichment verbosity; it matters only with enrich.
+    enrichment_mode: str = _opt("lean")
+    #: flowd-go's private-to-public address mapping for fireflies.
+    stun: Optional[dict[str, Any]] = _opt(
+        None, _not_supported("rewriting private source addresses through STUN (stun)"))
+
+    def collector_endpoints(self) -> list[tuple[str, int, str]]:
+        """(host, port, configuration path) of every collector."""
+        found = [(self.collector_address, self.collector_port, "backends.firefly.collectorAddress")]
+        for i, text in enumerate(self.collectors):
+            host, port = split_endpoint(text, self.collector_port)
+            found.append((host, port, f"backends.firefly.collectors[{i}]"))
+        return found
+
+
+def split_endpoint(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPV6]:PORT`` or a bare IPv6 address, as (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, int(port) if port.isdigit() else -1
+    return text, default_port
+
+
+def _collector(text: str) -> str | None:
+    host, port = split_endpoint(text, FIREFLY_PORT)
+    problem = _host(host) or (_peer_port(port) if port != -1 else "has a port that is not a number")
+    return None if problem is None else f"{json.dumps(text)}: {problem}"
 
 
 @dataclass(frozen=True)
@@ -235,7 +302,11 @@ class Prometheus:
     """``backends.prometheus``: metrics on a port of their own (they are always at the API's /metrics)."""
 
     bind_address: str = _opt("127.0.0.1", _address)
-    bind_port: int = _opt(9464, _port)
+    bind_port: int = _opt(9464, _port, aliases=("netlinkPort",))
+    #: flowd-go's switch for this backend's log lines.
+    log: bool = _opt(True)
+    #: flowd-go's port for per-connection sk_ops metrics; flowlabel serves nothing there.
+    skops_port: int = _opt(8081, _port)
 
 
 @dataclass(frozen=True)
@@ -243,11 +314,15 @@ class Plugins:
     named_pipe: Optional[NamedPipe] = None
     api: Optional[Api] = None
     firefly: Optional[FireflyListener] = None
+    perfsonar: Optional[dict[str, Any]] = _opt(
+        None, _not_supported("marking all traffic with fixed IDs (plugins.perfsonar)"))
+    iperf3: Optional[dict[str, Any]] = _opt(
+        None, _not_supported("turning TCP connections in port ranges into flows (plugins.iperf3)"))
 
 
 @dataclass(frozen=True)
 class Backends:
-    ebpf: Optional[Ebpf] = None
+    marker: Optional[Marking] = _opt(None, aliases=("ebpf",))
     firefly: Optional[FireflySender] = None
     prometheus: Optional[Prometheus] = None
 
@@ -261,6 +336,9 @@ class Config:
     work_dir: str = _opt("/var/lib/flowlabel", _non_empty)
     plugins: Plugins = _opt(Plugins())
     backends: Backends = _opt(Backends())
+    #: flowd-go's TCP statistics sources for enriched fireflies.
+    enrichers: Optional[dict[str, Any]] = _opt(
+        None, _not_supported("gathering TCP statistics for fireflies (enrichers)"))
     #: Where experiment and activity names come from: null (the packaged snapshot), a file or a URL.
     registry: Optional[str] = _opt(None)
     #: Seconds between state-file writes while flows change.
@@ -268,123 +346,10 @@ class Config:
     #: Seconds between summary log lines (0: only at exit).
     summary_interval: float = _opt(300.0, _range(0, 86400))
     log_level: Optional[str] = _opt(None, lambda v: None if v is None else _one_of(*LOG_LEVELS)(v))
-    #: flowd-go keys with no meaning here; accepted so that its files load unchanged.
+    #: flowd-go 1.x keys with no meaning here; accepted so that its files load unchanged.
     default_backend: Optional[str] = _opt(None)
     stun_servers: list[str] = _opt([])
 
     @property
     def state_path(self) -> str:
         return os.path.join(self.work_dir, "flows.json")
-
-
-#: The configuration used without ``--config``: mark on ``lo``, named pipe and API on loopback.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "plugins": {"namedPipe": {}, "api": {}},
-    "backends": {"ebpf": {}},
-}
-
-
-# -- reading -----------------------------------------------------------------------------------
-
-
-def _json_name(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _value(kind: Any, value: object, path: str) -> Any:
-    """``value`` checked against the annotation ``kind``."""
-    origin = typing.get_origin(kind)
-    if origin is Union:
-        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-        return None if value is None else _value(inner, value, path)
-    if dataclasses.is_dataclass(kind):
-        return _section(kind, value, path)  # type: ignore[arg-type]
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(path, f"expected an array, got {show_json(value)}")
-        (item,) = typing.get_args(kind)
-        return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"expected a boolean, got {show_json(value)}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {show_json(value)}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"expected a number, got {show_json(value)}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {show_json(value)}")
-        return value
-    raise TypeError(f"no reader for {kind!r}")  # a bug in the dataclasses above
-
-
-def _section(cls: type[Any], value: object, path: str) -> Any:
-    if not isinstance(value, dict):
-        if not path:
-            raise ConfigError("", f"the configuration must be a JSON object, got {show_json(value)}")
-        raise ConfigError(path, f"expected an object, got {show_json(value)}")
-    hints = typing.get_type_hints(cls)
-    fields = {_json_name(f.name): f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, item in value.items():
-        where = _join(path, key)
-        spec = fields.get(key)
-        if spec is None:
-            known = ", ".join(fields)
-            raise ConfigError(where, f"unknown key (known here: {known})")
-        checked = _value(hints[spec.name], item, where)
-        check = spec.metadata.get("check")
-        if check is not None and checked is not None:
-            problem = check(checked)
-            if problem:
-                raise ConfigError(where, problem)
-        kwargs[spec.name] = checked
-    return cls(**kwargs)
-
-
-def parse(document: object) -> Config:
-    """Build a :class:`Config` from an already decoded JSON document."""
-    config: Config = _section(Config, document, "")
-    return config
-
-
-def load(path: str | os.PathLike[str] | None, *, trusted: bool = False) -> Config:
-    """Read the configuration file at ``path``; None gives :data:`DEFAULT_CONFIG`.
-
-    ``trusted`` (for the daemon, which acts on the file with its privileges)
-    refuses a file that every user may write.
-    """
-    if path is None:
-        return parse(DEFAULT_CONFIG)
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read the configuration {name}: {exc.strerror}") from None
-    if trusted and mode & stat.S_IWOTH:
-        raise ConfigError(
-            "",
-            f"{name} is writable by every user (mode {stat.S_IMODE(mode):04o}): anyone could change what "
-            f"the daemon marks and where it writes; refusing it (fix: chmod o-w {name})",
-        )
-    try:
-        document = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            "", f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise ConfigError("", f"{name} is not valid JSON: {exc}") from None
-    return parse(document)
