@@ -52,9 +52,10 @@ def _api_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--config", metavar="FILE", default=default,
-                        help="JSON configuration in flowd-go's format (default: the built-in one: "
-                             "mark on lo, named pipe and API on loopback)")
+    parser.add_argument("--config", "--conf", "-c", metavar="FILE", default=default,
+                        help="configuration file: flowlabel's or flowd-go's JSON, flowd-go 2.x's YAML "
+                             "(/etc/flowd-go/conf.yaml) or flowd's flowd.cfg, by its name or content "
+                             "(default: the built-in one: mark on lo, named pipe and API on loopback)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=default,
                         help="log level (default: info)")
 
@@ -165,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flow_arguments(end, ids_required=False)
 
+    config = commands.add_parser(
+        "config",
+        parents=[common],
+        help="print the effective configuration and where each value came from",
+        description=(
+            "Read the configuration (--config: flowlabel's or flowd-go 1.x's JSON, flowd-go 2.x's "
+            "YAML or flowd's flowd.cfg; without it the built-in one) as `run` would, and print every "
+            "setting with its value and where it came from: a line of the file, the defaults of the "
+            "format, or flowlabel's default (flowd-go's `conf`). Exits 2 with the key's path when the "
+            "configuration is invalid."
+        ),
+    )
+    config.add_argument("--json", action="store_true",
+                        help="print the effective configuration as one JSON object instead")
+
     cleanup = commands.add_parser(
         "cleanup",
         parents=[common],
@@ -201,8 +217,15 @@ def _run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
     from .service import StartupError
 
-    config = _load_config(args.config, trusted=True)
+    from .config import ConfigError, load_reading
+
+    try:
+        config, reading = load_reading(args.config, trusted=True)
+    except ConfigError as exc:
+        raise _Failure(f"configuration: {exc}", 2) from None
     logs.setup(args.log_level or config.log_level or "info")
+    for warning in reading.warnings:
+        logging.getLogger("flowlabel").warning("configuration %s: %s", args.config, warning)
     daemon = Daemon(config)
     try:
         asyncio.run(daemon.run())
@@ -338,6 +361,23 @@ def _event(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_reading
+    from .config.show import effective, render
+
+    try:
+        config, reading = load_reading(args.config)
+    except ConfigError as exc:
+        raise _Failure(f"configuration: {exc}", 2) from None
+    if args.json:
+        print(json.dumps(effective(config), indent=1))
+        return 0
+    for warning in reading.warnings:
+        print(f"# warning: {warning}")
+    print("\n".join(render(config, reading)))
+    return 0
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     from .cleanup import cleanup
     from .errors import MarkerError
@@ -372,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _flows(args)
         if args.command in ("start", "end"):
             return _event(args)
+        if args.command == "config":
+            return _config(args)
         if args.command == "cleanup":
             return _cleanup(args)
     except _Failure as exc:
