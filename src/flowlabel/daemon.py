@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import __version__, times
-from .config import Config
+from .config import Config, ConfigError
 from .events import FlowEvent
 from .flowtable import ENDED, FAILED, REJECTED, Change, FlowRecord, FlowTable
 from .lifecycle import reap
@@ -148,13 +148,25 @@ class Daemon:
             await self._start_part(pipe, "the named pipe")
             self._listeners.append(f"pipe {pipe.path}")
         if plugins.firefly is not None:
+            from .relay import FireflyRelay
             from .sources.firefly import FireflySource
+            from .udp import target_of
 
             ff = plugins.firefly
-            listener = FireflySource(ff.bind_address, ff.bind_port, self, max_size=ff.buffer_size)
+            relay = FireflyRelay(ff) if ff.firefly_receivers else None
+            listener = FireflySource(ff.bind_address, ff.bind_port, self, max_size=ff.buffer_size,
+                                     relay=relay)
             await self._start_part(listener, "the firefly listener")
+            self.metrics.add_collector(listener.families)
             host = f"[{ff.bind_address}]" if ":" in ff.bind_address else ff.bind_address
             self._listeners.append(f"fireflies on udp {host}:{listener.port}")
+            if relay is not None:
+                try:
+                    relay.start(target_of(ff.bind_address, listener.port))
+                except ConfigError as exc:
+                    raise StartupError(f"configuration: {exc}") from None
+                self.metrics.add_collector(relay.families)
+                self._listeners.append(f"relaying fireflies to {len(relay.targets)} receivers")
         if plugins.api is not None:
             from .sources.api import ApiSource
 
@@ -201,10 +213,10 @@ class Daemon:
         from .errors import MarkerError
 
         backends = self.config.backends
-        if backends.ebpf is not None:
+        if backends.marker is not None:
             from .backends.ebpf import EbpfBackend
 
-            self._ebpf = EbpfBackend(backends.ebpf)
+            self._ebpf = EbpfBackend(backends.marker)
             try:
                 failed = set(self._ebpf.start(restored))
             except (MarkerError, ValueError) as exc:
@@ -227,7 +239,12 @@ class Daemon:
             from .backends.firefly import FireflyBackend
 
             self._firefly = FireflyBackend(backends.firefly)
-            self._firefly.start()
+            try:
+                self._firefly.start()
+            except ConfigError as exc:
+                raise StartupError(f"configuration: {exc}") from None
+            if self._firefly.collectors:
+                self._listeners.append(f"fireflies to {len(self._firefly.collectors)} collectors")
         if backends.prometheus is not None:
             from .backends.prometheus import PrometheusBackend
 

@@ -35,12 +35,15 @@ READY_TIMEOUT = 15.0
 class Daemon:
     """``flowlabel run`` inside namespace ``ns``, with files under ``root``."""
 
-    def __init__(self, ns: Namespace, root: Path, document: dict[str, Any]) -> None:
+    def __init__(self, ns: Namespace, root: Path, document: dict[str, Any], *,
+                 text: str | None = None, filename: str = "flowlabel.json") -> None:
+        """``text`` is the configuration file as written (YAML, flowd.cfg); ``document`` then only
+        names the paths in it for these helpers."""
         self.ns = ns
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.config_path = root / "flowlabel.json"
-        self.config_path.write_text(json.dumps(document, indent=1))
+        self.config_path = root / filename
+        self.config_path.write_text(json.dumps(document, indent=1) if text is None else text)
         self.document = document
         self.log_path = root / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -24,7 +24,7 @@ from event_samples import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowlabel.events import FlowEvent, format_firefly, parse_firefly, parse_line
+from flowlabel.events import EventError, FlowEvent, format_firefly, parse_firefly, parse_line
 
 # -- fireflies -------------------------------------------------------------------------------------
 
@@ -58,6 +58,7 @@ def test_firefly_liberal_extras() -> None:
     [
         "<134>1 2024-03-28T08:58:48.899646+00:00 host app - firefly-json - ",
         "<6>1 - - - - - - ",
+        "<134>1  flowd-go-host flowd-go - firefly-json - ",
         "<134>1 2024-03-28T08:58:48Z host app 1234 firefly-json - \ufeff",
         '<134>1 2024-03-28T08:58:48Z host app - firefly-json [origin ip="192.0.2.1"][x@1 a="b\\"]c"] ',
     ],
@@ -66,6 +67,31 @@ def test_firefly_syslog_header_forms(header: str) -> None:
     assert parse_firefly(header + ONGOING_V6) == SAMPLES["ongoing, bare, IPv6, +01:00"][1]
 
 
+
+
+@pytest.mark.parametrize("application", ['xrdcp "quoted" 5.5', 'a", "b', 'x"}', 'say "hi"'])
+def test_an_unescaped_quote_in_the_application_is_repaired(application: str) -> None:
+    doc = json.loads(ONGOING_V6)
+    doc["context"]["application"] = "APP"
+    broken = json.dumps(doc).replace('"APP"', f'"{application}"')
+    with pytest.raises(EventError, match="not valid JSON"):
+        parse_firefly(broken)  # strict unless the caller takes repairs
+    notes: list[str] = []
+    event = parse_firefly("<134>1 - host xrootd - firefly-json - " + broken, on_repair=notes.append)
+    assert event.application == application
+    expected = SAMPLES["ongoing, bare, IPv6, +01:00"][1]
+    assert event._replace(application=None) == expected._replace(application=None)
+    assert len(notes) == 1 and "unescaped quote" in notes[0]
+
+
+def test_a_repair_does_not_rescue_other_damage() -> None:
+    doc = json.loads(ONGOING_V6)
+    doc["context"]["application"] = 'x"y'
+    broken = json.dumps(doc).replace('x\\"y', 'x"y').replace('"activity-id"', '"activity-id')
+    notes: list[str] = []
+    with pytest.raises(EventError, match="not valid JSON"):
+        parse_firefly(broken, on_repair=notes.append)
+    assert notes == []
 
 
 FIREFLY_BAD = [

@@ -1,16 +1,17 @@
 """The firefly backend: a firefly datagram for every flow that starts or ends.
 
-Fireflies go to the flow's destination address, or to a configured collector,
-at ``fireflyDestinationPort`` (10514 by default), optionally behind a syslog
-header. Events that arrived as fireflies are not sent again: they already
-reached a collector once, and a daemon listening on the port it sends to
-would otherwise echo its own messages forever.
+Each firefly goes to the flow's destination address at ``destinationPort``
+(10514) unless ``sendToDestination`` is off, and, with ``sendToCollector``, to
+every collector (``collectorAddress``:``collectorPort`` and the ``collectors``
+list), optionally behind an RFC 5424 syslog header.
+
+Events that arrived as fireflies are not written again: they already reached a
+collector once (the firefly listener can relay them verbatim, see
+:mod:`flowlabel.relay`).
 """
 
 from __future__ import annotations
 
-import logging
-import socket
 from collections.abc import Iterable
 
 from .. import times
@@ -18,10 +19,9 @@ from ..config import FireflySender
 from ..events import EventError, FlowEvent, format_firefly
 from ..flowtable import ENDED, IPV4, STARTED, Change
 from ..metrics import Family
+from ..udp import Target, UdpSender, resolve, target_of
 
 __all__ = ["FireflyBackend"]
-
-log = logging.getLogger(__name__)
 
 _NOT_RESENT = "firefly"
 
@@ -31,20 +31,14 @@ class FireflyBackend:
 
     def __init__(self, config: FireflySender) -> None:
         self.config = config
-        self.sent = 0
-        self.errors = 0
-        self._sockets: dict[int, socket.socket] = {}
+        self.collectors: list[Target] = []
+        self._sender = UdpSender("firefly")
 
     def start(self) -> None:
-        pass
-
-    def _socket(self, family: int) -> socket.socket:
-        sock = self._sockets.get(family)
-        if sock is None:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            self._sockets[family] = sock
-        return sock
+        """Resolve the collectors; a name that does not resolve raises :class:`ConfigError`."""
+        if self.config.send_to_collector:
+            targets = [resolve(host, port, path) for host, port, path in self.config.collector_endpoints()]
+            self.collectors = list(dict.fromkeys(targets))
 
     def apply(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -65,25 +59,24 @@ class FireflyBackend:
 
     def send(self, event: FlowEvent) -> None:
         cfg = self.config
-        target = cfg.collector_address or str(event.dst)
-        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        about = str(event.flow)
         try:
             payload = format_firefly(event, syslog=cfg.prepend_syslog)
-            self._socket(family).sendto(payload, (target, cfg.firefly_destination_port))
-        except (OSError, EventError) as exc:
-            self.errors += 1
-            log.warning("firefly for %s to %s not sent: %s", event.flow, target, exc)
+        except (EventError, ValueError) as exc:
+            self._sender.fail("firefly for %s not written: %s", about, exc)
             return
-        self.sent += 1
+        if cfg.send_to_destination:
+            self._sender.send(payload, target_of(str(event.dst), cfg.destination_port), about)
+        for target in self.collectors:
+            self._sender.send(payload, target, about)
 
     def stop(self) -> None:
-        for sock in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
+        self._sender.close()
 
     def families(self) -> list[Family]:
         return [
-            Family.single("flowlabel_fireflies_sent_total", "counter", "Fireflies sent", self.sent),
+            Family.single("flowlabel_fireflies_sent_total", "counter",
+                          "Fireflies sent (one per receiver)", self._sender.sent),
             Family.single("flowlabel_firefly_send_errors_total", "counter",
-                          "Fireflies that could not be sent", self.errors),
+                          "Fireflies that could not be written or sent", self._sender.errors),
         ]

@@ -3,7 +3,8 @@
 The JSON object of the published firefly schema, bare or behind an RFC 5424
 syslog header such as
 ``<134>1 2024-03-28T08:58:48.899646+00:00 host xrootd - firefly-json - {...}``
-(any structured data and a byte order mark before the JSON are skipped).
+(any structured data and a byte order mark before the JSON are skipped; the
+timestamp may be the NILVALUE ``-`` or, as flowd-go 2.x writes it, empty).
 Members the schema requires must be present and well typed; ``afi`` must match
 the addresses, ports must be 1-65535 and an ``end`` message needs
 ``end-time``. Experiment and activity IDs must also fit the flow label (0-511,
@@ -13,8 +14,11 @@ path, e.g. ``flow-lifecycle.state``.
 Parsing is lenient where that loses nothing: members this package does not use
 (``usage``, ``netlink``, unknown ones at any level) are ignored, ``current-time``
 only has to be a string, the words of ``state``, ``afi`` and ``protocol`` may
-be in any case, and trailing white space or NUL bytes are dropped. See
-:func:`parse_firefly` and :func:`format_firefly`.
+be in any case, and trailing white space or NUL bytes are dropped. XRootD 5.5
+writes the client's application name into ``context.application`` without
+escaping it; a message that is invalid JSON only because of a ``"`` there is
+repaired when the caller asks for it (``on_repair``). See :func:`parse_firefly`
+and :func:`format_firefly`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import json
 import re
 import socket
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from .. import times
 from .._text import json_kind, show
@@ -45,13 +49,18 @@ from .event import (
     state_word,
 )
 
-__all__ = ["format_firefly", "parse_firefly"]
+__all__ = ["firefly_payload", "format_firefly", "parse_firefly", "repair_application"]
 
 
 _SYSLOG_PREFIX = re.compile(r"<\d{1,3}>\d{1,2}\Z", re.ASCII)
 _HEADER_TOKEN = re.compile(r"[!-~]+\Z", re.ASCII)  # RFC 5424 PRINTUSASCII
 _AFI_VERSION = {"ipv4": 4, "ipv6": 6}
 _JSON_DECODE = json.JSONDecoder().decode
+_APPLICATION_VALUE = re.compile(r'"application"\s*:\s*"')
+#: Where the application name can end: a quote followed by the next member or the object's end.
+_VALUE_END = re.compile(r'"(?=\s*[,}])')
+#: Candidate ends tried before giving up; each costs one JSON decode.
+_REPAIR_TRIES = 16
 
 
 def _skip_structured_data(text: str) -> int:
@@ -85,7 +94,9 @@ def _syslog_payload(text: str) -> str:
     """The MSG part of an RFC 5424 syslog message."""
     # HEADER = PRI VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID
     parts = text.split(" ", 6)
-    if len(parts) < 7 or not _SYSLOG_PREFIX.match(parts[0]) or not all(parts[1:6]):
+    # flowd-go 2.x leaves the TIMESTAMP of start and end fireflies empty instead of writing
+    # the NILVALUE "-": an empty timestamp is read as "-", any other empty field is an error.
+    if len(parts) < 7 or not _SYSLOG_PREFIX.match(parts[0]) or not all(parts[2:6]):
         raise EventError("syslog", f"not an RFC 5424 syslog header: {show(text[:80])}")
     rest = parts[6]
     end = _skip_structured_data(rest)
@@ -114,22 +125,59 @@ def _string(value: object, path: str) -> str:
     return value
 
 
-def parse_firefly(data: Data) -> FlowEvent:
-    """Parse a firefly message, bare JSON or behind an RFC 5424 syslog header.
-
-    The event's ``start_time`` is always set; ``end_time`` is set when the
-    message has one (always for ``end`` messages).
-    """
+def firefly_payload(data: Data) -> str:
+    """The JSON text of a firefly message: without its syslog header and trailing NULs."""
     text = data if type(data) is str else decode_text(data, "message")
     if text.startswith("<"):
         text = _syslog_payload(text)
     if text.endswith("\x00"):
         # Some C senders count the string terminator into the datagram.
         text = text.rstrip("\x00")
+    return text
+
+
+def repair_application(text: str) -> tuple[str, Any] | None:
+    """``text`` with an unescaped ``context.application`` value escaped, and its decoded JSON.
+
+    None when there is no application member or no end of its value makes the
+    whole message valid JSON. The first end that does is taken: the members
+    after the name are intact, so the shortest reading that parses is the
+    sender's.
+    """
+    start = _APPLICATION_VALUE.search(text)
+    if start is None:
+        return None
+    begin = start.end()
+    for tries, end in enumerate(_VALUE_END.finditer(text, begin)):
+        if tries >= _REPAIR_TRIES:
+            break
+        value = text[begin : end.start()]
+        fixed = text[:begin] + json.dumps(value, ensure_ascii=False)[1:-1] + text[end.start() :]
+        try:
+            return fixed, _JSON_DECODE(fixed)
+        except (ValueError, RecursionError):
+            continue
+    return None
+
+
+def parse_firefly(data: Data, *, on_repair: Callable[[str], None] | None = None) -> FlowEvent:
+    """Parse a firefly message, bare JSON or behind an RFC 5424 syslog header.
+
+    The event's ``start_time`` is always set; ``end_time`` is set when the
+    message has one (always for ``end`` messages). With ``on_repair``, a message
+    that is invalid JSON only because its application name holds an unescaped
+    ``"`` is repaired (:func:`repair_application`) and ``on_repair`` is called
+    with what was wrong.
+    """
+    text = firefly_payload(data)
     try:
         doc = _JSON_DECODE(text)
     except json.JSONDecodeError as exc:
-        raise EventError("message", f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+        repaired = repair_application(text) if on_repair is not None else None
+        if repaired is None or on_repair is None:
+            raise EventError("message", f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+        doc = repaired[1]
+        on_repair(f"context.application held an unescaped quote (JSON error at character {exc.pos})")
     except (ValueError, RecursionError) as exc:
         # Integers too long to convert, or nesting too deep for the decoder.
         raise EventError("message", f"not valid JSON: {exc}") from None
