@@ -62,7 +62,8 @@ class ApiClient:
             raise ApiError(f"{self.url}{path} answered {response.status} with something other than JSON",
                            response.status) from None
         if response.status >= 400:
-            message = answer.get("error") if isinstance(answer, dict) else None
+            # flowlabel's routes answer {"error": ...}, flowd-go's {"message": ...}.
+            message = (answer.get("error") or answer.get("message")) if isinstance(answer, dict) else None
             raise ApiError(message or f"{method} {path}: HTTP {response.status}", response.status)
         return answer
 

@@ -8,7 +8,14 @@
 ``POST /flows``             a flow event (``state`` defaults to ``"start"``), or an array of them
 ``POST /flows/end``         end a flow (``state`` defaults to, and must be, ``"end"``)
 ``DELETE /flows``           the same as ``POST /flows/end``
+``POST /flow``              flowd-go's route: its flow object (:mod:`flowlabel.events.flowdgo`)
+``GET /dummy/start``        flowd-go's route: start its test flow ([::1]:2345 to [::1]:5777)
+``GET /dummy/end``          flowd-go's route: end that flow
 =========================== ==================================================================
+
+``GET /`` lists the routes as ``endpoints`` and, for flowd-go's clients, as
+``ApiRoutes``. flowd-go's routes answer as flowd-go does: 200 with the flow
+echoed in flowd-go's shape, or 400 with ``{"message": ...}``.
 
 Event bodies are the JSON objects of :func:`flowlabel.events.parse_api`. The
 answer to one event is ``{"outcome": ..., "flow": {...}}`` (201 when a flow
@@ -26,6 +33,7 @@ from typing import Any, Protocol
 
 from .. import __version__
 from ..events import EventError, FlowEvent, format_api, parse_api
+from ..events.flowdgo import DUMMY, format_flowd_go, parse_flowd_go
 from ..flowtable import STARTED, Change, FlowRecord
 from ..httpd import Handler, HTTPServer, Request, Response, error_response, json_response
 from ..metrics import metrics_route
@@ -35,6 +43,8 @@ from . import EventSink
 __all__ = ["ApiSource", "DaemonView"]
 
 SOURCE = "api"
+#: flowd-go's answer (echo's) to a body that is not JSON, with the fix.
+UNSUPPORTED_MEDIA_TYPE = "Unsupported Media Type: send the flow as application/json"
 
 
 class DaemonView(EventSink, Protocol):
@@ -67,6 +77,9 @@ class ApiSource:
             "/metrics": metrics_route(daemon.metrics_text),
             "/flows": {"GET": self._list, "POST": self._post, "DELETE": self._end},
             "/flows/end": {"POST": self._end},
+            "/flow": {"POST": self._flowd_go_flow},
+            "/dummy/start": {"GET": lambda request: self._flowd_go_dummy("start")},
+            "/dummy/end": {"GET": lambda request: self._flowd_go_dummy("end")},
         }
         self._routes = routes
         self.server = HTTPServer(address, port, routes, name="api")
@@ -89,7 +102,10 @@ class ApiSource:
             for path, methods in self._routes.items()
             for method in methods
         ]
-        return json_response(200, {"service": "flowlabel", "version": __version__, "endpoints": endpoints})
+        flowd_go = [{**endpoint, "name": f"{endpoint['method']} {endpoint['path']}"}
+                    for endpoint in endpoints]
+        return json_response(200, {"service": "flowlabel", "version": __version__, "endpoints": endpoints,
+                                   "ApiRoutes": flowd_go})
 
     def _health(self, request: Request) -> Response:
         return json_response(200, {"status": "ok", "version": __version__, **self._daemon.health()})
@@ -102,6 +118,30 @@ class ApiSource:
 
     def _end(self, request: Request) -> Response:
         return self._events(request, "end", forced=True)
+
+    # -- flowd-go's routes ------------------------------------------------------------------------
+
+    def _flowd_go_flow(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type not in ("application/json", "text/json"):
+            self._daemon.reject(SOURCE, f"POST /flow with Content-Type {content_type or 'none'!r}")
+            return json_response(400, {"message": UNSUPPORTED_MEDIA_TYPE})
+        try:
+            event = parse_flowd_go(json.loads(request.body))
+        except (ValueError, RecursionError) as exc:
+            message = str(exc) if isinstance(exc, EventError) else f"the body is not valid JSON: {exc}"
+            self._daemon.reject(SOURCE, f"POST /flow: {message}")
+            return json_response(400, {"message": message})
+        return self._flowd_go_submit(event)
+
+    def _flowd_go_dummy(self, state: str) -> Response:
+        return self._flowd_go_submit(parse_flowd_go({**DUMMY, "State": state}))
+
+    def _flowd_go_submit(self, event: FlowEvent) -> Response:
+        (change,) = self._daemon.submit([event], SOURCE)
+        if change.record is not None and change.outcome == STARTED:
+            event = event._replace(start_time=change.record.start_time)
+        return json_response(200, format_flowd_go(event))
 
     # -- event bodies ---------------------------------------------------------------------------
 
