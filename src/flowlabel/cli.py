@@ -214,10 +214,9 @@ def _load_config(path: str | None, *, trusted: bool = False) -> Config:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from .config import ConfigError, load_reading
     from .daemon import Daemon
     from .service import StartupError
-
-    from .config import ConfigError, load_reading
 
     try:
         config, reading = load_reading(args.config, trusted=True)

@@ -13,8 +13,9 @@ import pytest
 from e2e_support import Daemon, decoded
 from test_daemon import firefly, line
 
-from flowlabel.events import parse_firefly
-from support.netns import B, Pair
+from flowlabel import times
+from flowlabel.events import FlowEvent, format_firefly, parse_firefly
+from support.netns import A, B, Pair
 
 pytestmark = pytest.mark.netns
 
@@ -56,7 +57,7 @@ pidPath: "{tmp_path}/flowd-go.pid"
 workDir: "{tmp_path}/work"
 plugins:
     namedPipe:
-        pipePath: "{tmp_path}/np"
+        pipePath: "{tmp_path}/flowd-go/np"
     api: {{}}
     firefly:
         bindAddress: "127.0.0.1"
@@ -74,7 +75,7 @@ backends:
         collectors: ["127.0.0.1:10602"]
 """
     document = {"pidPath": f"{tmp_path}/flowd-go.pid", "workDir": f"{tmp_path}/work",
-                "plugins": {"namedPipe": {"pipePath": f"{tmp_path}/np"}}}
+                "plugins": {"namedPipe": {"pipePath": f"{tmp_path}/flowd-go/np"}}}
     daemon = Daemon(pair.a, tmp_path, document, text=text, filename="conf.yaml")
     daemons.append(daemon.start())
     try:
@@ -86,9 +87,23 @@ backends:
         # default syslog header.
         for receiver in (destination, *collectors):
             (datagram,) = receiver.datagrams(1)
-            assert datagram.startswith(b"<134>1 ")
             event = parse_firefly(datagram)
             assert (event.state, event.sport, event.dport, event.experiment) == ("start", *flow, 5)
+            # RFC 5424: PRI VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD
+            pri, timestamp, hostname, app, procid, msgid, sd = datagram.decode().split(" ")[:7]
+            assert (pri, app, procid, msgid, sd) == ("<134>1", "flowlabel", "-", "firefly-json", "-")
+            assert abs((times.parse(timestamp) - times.now()).total_seconds()) < 30
+            assert hostname == socket.gethostname()
+
+        # A sender that names the flow from the other end (XRootD 5.8's uploads: the client,
+        # here the remote b, as src-ip) marks the same packets.
+        upload = (26002, 9602)
+        reverse = FlowEvent.of("start", "udp", B, A, upload[1], upload[0], 9, 10,
+                               start_time="2024-03-28T08:58:48Z")
+        daemon.send_firefly(format_firefly(reverse, syslog=True))
+        daemon.wait_for_flows(2)
+        assert {(x.experiment, x.activity) for x in decoded(pair.labels([upload])[upload])} == {(9, 10)}
+        assert [parse_firefly(d).sport for d in relay_receiver.datagrams(1)] == [upload[1]]
 
         # A received firefly is applied and relayed once; the copy a peer relays back is not.
         relayed = (26001, 9601)
@@ -99,6 +114,7 @@ backends:
         daemon.send_firefly(forwarded)
         assert relay_receiver.datagrams(0, timeout=0.6) == []
         assert daemon.metrics()["flowlabel_firefly_relay_repeats_total"] == 1
+        assert daemon.metrics()["flowlabel_fireflies_relayed_total"] == 2  # the reversed one too
         assert {(x.experiment, x.activity) for x in decoded(pair.labels([relayed])[relayed])} == {(7, 8)}
         # Fireflies that came in are not written out again by the firefly backend.
         assert destination.datagrams(0, timeout=0.3) == []

@@ -14,8 +14,8 @@ from support.kernel import MEMLOCK_CHARGED
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "flowlabel.service"
 
 
-def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
-    """Every ``Key=value`` of the [Service] section, in order (systemd allows repeats)."""
+def unit_settings(path: Path = UNIT, section_name: str = "Service") -> dict[str, list[str]]:
+    """Every ``Key=value`` of a section ([Service] by default), in order (systemd allows repeats)."""
     settings: dict[str, list[str]] = {}
     section = None
     for raw in path.read_text().splitlines():
@@ -25,7 +25,7 @@ def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
         if line.startswith("["):
             section = line
             continue
-        if section == "[Service]":
+        if section == f"[{section_name}]":
             key, _, value = line.partition("=")
             settings.setdefault(key.strip(), []).append(value.strip())
     return settings

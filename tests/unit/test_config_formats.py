@@ -231,3 +231,26 @@ def test_config_command_prints_values_and_their_origins(tmp_path: Path) -> None:
     bad_file = write(tmp_path, "c.yaml", "plugins:\n  api:\n    bindPort: x\n")
     bad = flowlabel("--config", str(bad_file), "config")
     assert bad.returncode == 2 and "plugins.api.bindPort: expected an integer" in bad.stderr
+
+
+# -- the unit takes the place of theirs ------------------------------------------------------------
+
+
+def test_the_unit_replaces_flowd_and_flowd_go_and_may_write_their_paths(tmp_path: Path) -> None:
+    from support.privilege import unit_settings
+
+    (conflicts,) = unit_settings(section_name="Unit")["Conflicts"]
+    assert set(conflicts.split()) == {"flowd.service", "flowd-go.service"}
+    service = unit_settings()
+    assert service["ProtectSystem"] == ["strict"]
+    writable = [Path(p) for line in service["ReadWritePaths"] for p in line.split()]
+    yaml_defaults = config.load(write(tmp_path, "conf.yaml", "plugins:\n  namedPipe: {}\n"))
+    flowd_defaults = config.load(write(tmp_path, "flowd.cfg", "PLUGIN='np_api'\n"))
+    paths = [yaml_defaults.pid_path, flowd_defaults.pid_path, flowd_defaults.work_dir]
+    for cfg in (yaml_defaults, flowd_defaults):
+        assert cfg.plugins.named_pipe is not None
+        paths.append(cfg.plugins.named_pipe.pipe_path)
+    for path in paths:
+        # /var/run is /run on every systemd host.
+        resolved = Path(path.replace("/var/run/", "/run/", 1))
+        assert any(resolved.is_relative_to(w) for w in writable), path
