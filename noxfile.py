@@ -123,9 +123,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def stress(session: nox.Session) -> None:
-    """The reliability group at full size; figures in build/reliability.json."""
+    """The reliability group at full size, and the API fuzzed from its OpenAPI document;
+    figures in build/reliability.json."""
     wheel = install_wheel(session)
-    session.install(*TEST_DEPS)
+    session.install(*TEST_DEPS, "schemathesis>=4")
     env = {"FLOWLABEL_WHEEL": str(wheel), "FLOWLABEL_STRESS": "1",
            "FLOWLABEL_RELIABILITY_JSON": str(ROOT / "build" / "reliability.json")}
     session.run("pytest", *(session.posargs or ["tests/reliability"]), env=env)

@@ -23,17 +23,52 @@ class ApiError(Exception):
         self.status = status
 
 
-class ApiClient:
-    """Talks to the API at ``url`` (``http://host:port``)."""
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket; the Host header says ``localhost``."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ApiClient:
+    """Talks to the API at ``url``: ``http://host:port``, or ``unix:/path`` for its Unix socket.
+
+    ``token`` is sent as ``Authorization: Bearer TOKEN``.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = 5.0, token: str | None = None) -> None:
+        self._timeout = timeout
+        self._token = token
+        self._unix: str | None = None
+        if url.startswith("unix:"):
+            self._unix = url[len("unix:"):]
+            if not self._unix:
+                raise ApiError(f"not a Unix socket path: {url!r}")
+            self.url = url
+            self._host, self._port = "localhost", 0
+            return
         parts = urlsplit(url if "//" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname:
-            raise ApiError(f"not an http:// URL: {url!r}")
+            raise ApiError(f"not an http:// URL or unix:PATH: {url!r}")
         self.url = f"http://{parts.netloc}"
         self._host = parts.hostname
         self._port = parts.port or 80
-        self._timeout = timeout
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._unix is not None:
+            return _UnixConnection(self._unix, self._timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
     def request(self, method: str, path: str, document: Any = None) -> Any:
         """Send one request; return the decoded JSON answer or raise :class:`ApiError`."""
@@ -41,7 +76,9 @@ class ApiClient:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        connection = self._connection()
         try:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()

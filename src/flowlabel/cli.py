@@ -47,7 +47,8 @@ def _flow_arguments(parser: argparse.ArgumentParser, *, ids_required: bool) -> N
 def _api_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api", metavar="URL",
-        help=f"the daemon's API (default: plugins.api of --config, else {API_URL})",
+        help=f"the daemon's API, http://HOST:PORT or unix:PATH (default: plugins.api of --config, its "
+             f"Unix socket first, else {API_URL})",
     )
 
 
@@ -291,18 +292,28 @@ def _names(registry: Any, experiment: int, activity: int) -> dict[str, str]:
 
 def _client(args: argparse.Namespace) -> ApiClient:
     from .api_client import DEFAULT_URL, ApiClient, ApiError
+    from .sources.api import read_token
 
-    url = args.api
+    url, token = args.api, None
     if url is None and args.config is not None:
         api = _load_config(args.config).plugins.api
         if api is None:
             raise _Failure(f"{args.config} has no plugins.api: the daemon has no API to talk to", 2)
-        host = f"[{api.bind_address}]" if ":" in api.bind_address else api.bind_address
-        if api.bind_address in ("0.0.0.0", "::"):
-            host = "127.0.0.1" if api.bind_address == "0.0.0.0" else "[::1]"
-        url = f"http://{host}:{api.bind_port}"
+        if api.unix_socket is not None:
+            url = f"unix:{api.unix_socket}"  # guarded by the file's mode: no token needed
+        else:
+            assert api.bind_address is not None  # the configuration has one or the other
+            host = f"[{api.bind_address}]" if ":" in api.bind_address else api.bind_address
+            if api.bind_address in ("0.0.0.0", "::"):
+                host = "127.0.0.1" if api.bind_address == "0.0.0.0" else "[::1]"
+            url = f"http://{host}:{api.bind_port}"
+            if api.token_file is not None:
+                try:
+                    token = read_token(api.token_file)
+                except OSError as exc:
+                    raise _Failure(f"cannot read the API token: {exc}", 2) from None
     try:
-        return ApiClient(url or DEFAULT_URL)
+        return ApiClient(url or DEFAULT_URL, token=token)
     except ApiError as exc:
         raise _Failure(str(exc), 2) from None
 

@@ -170,11 +170,16 @@ class Daemon:
         if plugins.api is not None:
             from .sources.api import ApiSource
 
-            api = ApiSource(plugins.api.bind_address, plugins.api.bind_port, self, registry=self.registry)
+            api = ApiSource(plugins.api, self, registry=self.registry)
             await self._start_part(api, "the API")
-            self._listeners.append(f"api {api.url}")
+            self.metrics.add_collector(api.server.families)
+            where = [api.url] if plugins.api.bind_address is not None else []
+            if plugins.api.unix_socket is not None:
+                where.append(f"unix:{plugins.api.unix_socket}")
+            self._listeners.append("api " + " and ".join(where))
         if self._prometheus is not None:
             await self._start_part(self._prometheus, "the metrics listener")
+            self.metrics.add_collector(self._prometheus.server.families)
             self._listeners.append(f"metrics {self._prometheus.url}")
         self._background(self._persistence.save_periodically, "saving the state file")
         if cfg.summary_interval > 0:

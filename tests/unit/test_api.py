@@ -71,6 +71,9 @@ def with_daemon(cfg: config.Config, body: Callable[[Daemon, ApiClient], T]) -> T
 
 
 def raw(port: int, request: bytes) -> bytes:
+    """Send ``request`` as it is; HTTP/1.1 requests without a Host header get this server's."""
+    if b"\r\nHost:" not in request:
+        request = request.replace(b" HTTP/1.1\r\n", b" HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(request)
         chunks = []
@@ -157,7 +160,7 @@ def test_health_metrics_and_the_prometheus_port(cfg: config.Config) -> None:
         client.start(EVENT)
         health = client.health()
         api_port = cfg.plugins.api.bind_port  # type: ignore[union-attr]
-        api_metrics = raw(api_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        api_metrics = raw(api_port, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
         prom = raw(prom_port, b"GET /metrics HTTP/1.0\r\n\r\n")
         return health, api_metrics, prom
 
@@ -183,7 +186,8 @@ def test_http_errors(cfg: config.Config) -> None:
             "411": raw(port, b"POST /flows HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             "413": raw(port, b"POST /flows HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
             "505": raw(port, b"GET / HTTP/2.0\r\n\r\n"),
-            "json": raw(port, b"POST /flows HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\n{x}"),
+            "json": raw(port, b"POST /flows HTTP/1.1\r\nConnection: close\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 3\r\n\r\n{x}"),
         }
 
     answers = with_daemon(cfg, body)

@@ -178,10 +178,26 @@ class NamedPipe:
 
 @dataclass(frozen=True)
 class Api:
-    """``plugins.api``: the HTTP API (flows, health, metrics)."""
+    """``plugins.api``: the HTTP API (flows, health, metrics); see docs/security.md."""
 
-    bind_address: str = _opt("127.0.0.1", _address)
+    #: null serves the Unix socket alone.
+    bind_address: Optional[str] = _opt("127.0.0.1", _address)
     bind_port: int = _opt(API_PORT, _port)
+    #: Also serve on this Unix socket (mode 0660: the daemon's user and group); the CLI prefers it.
+    unix_socket: Optional[str] = _opt(None, lambda v: None if v is None else _non_empty(v))
+    #: A file holding a bearer token that TCP requests must carry (not readable by every user).
+    token_file: Optional[str] = _opt(None, lambda v: None if v is None else _non_empty(v))
+    #: Host header names accepted besides the bound address ("localhost" too on loopback).
+    allowed_hosts: list[str] = _opt([])
+    #: Connections open at once from one client address; 0 for no limit.
+    max_connections_per_client: int = _opt(32, _range(0, 65535))
+    #: Requests a second from one client address (as many in a burst); 0 for no limit.
+    max_requests_per_second: float = _opt(5000.0, _range(0, 1e6))
+
+    def __post_init__(self) -> None:
+        if self.bind_address is None and self.unix_socket is None:
+            raise ConfigError("plugins.api", "bindAddress is null and there is no unixSocket: the API "
+                                             "would listen nowhere")
 
 
 @dataclass(frozen=True)

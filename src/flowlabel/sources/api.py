@@ -4,6 +4,7 @@
 ``GET /``                   the endpoints
 ``GET /health``             ``{"status": "ok", ...}``: version, uptime, active flows, interfaces
 ``GET /metrics``            Prometheus text format
+``GET /openapi.json``       this API in OpenAPI 3.1
 ``GET /flows``              ``{"flows": [...]}``: the active flows with their labels
 ``POST /flows``             a flow event (``state`` defaults to ``"start"``), or an array of them
 ``POST /flows/end``         end a flow (``state`` defaults to, and must be, ``"end"``)
@@ -27,24 +28,29 @@ and ``{"error": "field 'src_ip': ..."}`` and counted like any rejected input.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__
+from ..config import Api
 from ..events import EventError, FlowEvent, format_api, parse_api
 from ..events.flowdgo import DUMMY, format_flowd_go, parse_flowd_go
 from ..flowtable import STARTED, Change, FlowRecord
-from ..httpd import Handler, HTTPServer, Request, Response, error_response, json_response
+from ..httpd import Guard, Handler, HTTPServer, Request, Response, error_response, json_response
 from ..metrics import metrics_route
 from ..registry import Registry
 from . import EventSink
 
-__all__ = ["ApiSource", "DaemonView"]
+__all__ = ["OPENAPI", "ApiSource", "DaemonView", "read_token"]
+
+#: The API described in OpenAPI 3.1, served at /openapi.json.
+OPENAPI = Path(__file__).resolve().parent.parent / "data" / "openapi.json"
 
 SOURCE = "api"
-#: flowd-go's answer (echo's) to a body that is not JSON, with the fix.
-UNSUPPORTED_MEDIA_TYPE = "Unsupported Media Type: send the flow as application/json"
 
 
 class DaemonView(EventSink, Protocol):
@@ -57,6 +63,19 @@ class DaemonView(EventSink, Protocol):
     def metrics_text(self) -> str: ...
 
 
+def read_token(path: str) -> str:
+    """The bearer token in the file ``path``; a file every user may read is refused (OSError)."""
+    with open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        token = f.read().decode("utf-8", "replace").strip()
+    if mode & stat.S_IROTH:
+        raise OSError(f"the token file {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); "
+                      f"fix: chmod o-r {path}")
+    if not token or any(c.isspace() for c in token):
+        raise OSError(f"the token file {path} must hold one token without spaces")
+    return token
+
+
 def _result(change: Change) -> dict[str, Any]:
     flow = change.record.as_api() if change.record is not None else format_api(change.event)
     return {"outcome": change.outcome, "flow": flow}
@@ -65,9 +84,7 @@ def _result(change: Change) -> dict[str, Any]:
 class ApiSource:
     """The HTTP API on ``address``:``port`` (``port`` 0 picks a free one)."""
 
-    def __init__(
-        self, address: str, port: int, daemon: DaemonView, *, registry: Registry | None = None
-    ) -> None:
+    def __init__(self, config: Api, daemon: DaemonView, *, registry: Registry | None = None) -> None:
         self._daemon = daemon
         self._registry = registry
         self._started = time.monotonic()
@@ -75,6 +92,7 @@ class ApiSource:
             "/": {"GET": self._root},
             "/health": {"GET": self._health},
             "/metrics": metrics_route(daemon.metrics_text),
+            "/openapi.json": {"GET": self._openapi},
             "/flows": {"GET": self._list, "POST": self._post, "DELETE": self._end},
             "/flows/end": {"POST": self._end},
             "/flow": {"POST": self._flowd_go_flow},
@@ -82,13 +100,20 @@ class ApiSource:
             "/dummy/end": {"GET": lambda request: self._flowd_go_dummy("end")},
         }
         self._routes = routes
-        self.server = HTTPServer(address, port, routes, name="api")
+        self.config = config
+        self.guard = Guard(allowed_hosts=tuple(config.allowed_hosts),
+                           max_connections=config.max_connections_per_client,
+                           max_rate=config.max_requests_per_second)
+        self.server = HTTPServer(config.bind_address, config.bind_port, routes, name="api",
+                                 unix_path=config.unix_socket, guard=self.guard)
 
     @property
     def url(self) -> str:
         return self.server.url
 
     async def start(self) -> None:
+        if self.config.token_file is not None:
+            self.guard.token = read_token(self.config.token_file)
         await self.server.start()
 
     async def stop(self) -> None:
@@ -107,6 +132,9 @@ class ApiSource:
         return json_response(200, {"service": "flowlabel", "version": __version__, "endpoints": endpoints,
                                    "ApiRoutes": flowd_go})
 
+    def _openapi(self, request: Request) -> Response:
+        return Response(200, OPENAPI.read_bytes(), "application/json")
+
     def _health(self, request: Request) -> Response:
         return json_response(200, {"status": "ok", "version": __version__, **self._daemon.health()})
 
@@ -122,10 +150,6 @@ class ApiSource:
     # -- flowd-go's routes ------------------------------------------------------------------------
 
     def _flowd_go_flow(self, request: Request) -> Response:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip()
-        if content_type not in ("application/json", "text/json"):
-            self._daemon.reject(SOURCE, f"POST /flow with Content-Type {content_type or 'none'!r}")
-            return json_response(400, {"message": UNSUPPORTED_MEDIA_TYPE})
         try:
             event = parse_flowd_go(json.loads(request.body))
         except (ValueError, RecursionError) as exc:
@@ -146,11 +170,6 @@ class ApiSource:
     # -- event bodies ---------------------------------------------------------------------------
 
     def _events(self, request: Request, state: str, *, forced: bool) -> Response:
-        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        if content_type not in ("application/json", "text/json", "application/x-www-form-urlencoded", ""):
-            # curl -d sends x-www-form-urlencoded by default; its body is still our JSON.
-            self._daemon.reject(SOURCE, f"request with Content-Type {content_type!r}")
-            return error_response(415, f"send the event as application/json, not {content_type}")
         try:
             document = json.loads(request.body)
         except (ValueError, RecursionError) as exc:
