@@ -154,12 +154,12 @@ class Daemon:
 
             ff = plugins.firefly
             relay = FireflyRelay(ff) if ff.firefly_receivers else None
-            listener = FireflySource(ff.bind_address, ff.bind_port, self, max_size=ff.buffer_size,
-                                     relay=relay)
+            listener = FireflySource(ff, self, relay=relay)
             await self._start_part(listener, "the firefly listener")
             self.metrics.add_collector(listener.families)
             host = f"[{ff.bind_address}]" if ":" in ff.bind_address else ff.bind_address
-            self._listeners.append(f"fireflies on udp {host}:{listener.port}")
+            self._listeners.append(f"fireflies on udp {host}:{listener.port} "
+                                   f"(receive buffer {listener.receive_buffer >> 20} MiB)")
             if relay is not None:
                 try:
                     relay.start(target_of(ff.bind_address, listener.port))

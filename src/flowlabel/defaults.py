@@ -7,6 +7,9 @@ API_PORT = 7777
 API_URL = f"http://127.0.0.1:{API_PORT}"
 #: The firefly port: where the listener binds and where the sender sends by default.
 FIREFLY_PORT = 10514
+#: The firefly listener's receive buffer: a burst of 100,000 fireflies from 4 senders fits
+#: (tests/reliability/test_firefly_burst.py), and it costs memory only while it fills.
+RECEIVE_BUFFER = 256 << 20
 #: The flow map's default capacity; bpf/marker.h's FLOWLABEL_DEFAULT_MAX_FLOWS, which sizes the map
 #: in the object before the loader resizes it, is the same number (tests/unit/test_defaults.py).
 MAX_FLOWS = 131072

@@ -31,6 +31,7 @@ from ..defaults import (
     LOG_LEVELS,
     MAX_FLOWS,
     MAX_FLOWS_LIMIT,
+    RECEIVE_BUFFER,
     SOCKET_TRACKING,
 )
 
@@ -88,6 +89,14 @@ def _host(value: str) -> str | None:
         return None
     if not value or len(value) > 253 or any(c.isspace() or c in "/[]" for c in value):
         return f"must be an IPv4 or IPv6 address or a host name, got {json.dumps(value)}"
+    return None
+
+
+def _network(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return f"{json.dumps(value)} is not a network such as 192.0.2.0/24 or 2001:db8::/32"
     return None
 
 
@@ -222,6 +231,11 @@ class FireflyListener:
     deadline: int = _opt(0, _range(0, 86400))
     #: Where every understood firefly is forwarded, unchanged.
     firefly_receivers: list[FireflyReceiver] = _opt([])
+    #: Sender networks accepted (CIDR); null: loopback when bound to loopback, else any.
+    allowed_senders: Optional[list[str]] = _opt(None, lambda v: next(filter(None, map(_network, v)), None))
+    #: The socket's receive buffer, in bytes, to absorb bursts (beyond net.core.rmem_max with
+    #: CAP_NET_ADMIN only).
+    receive_buffer: int = _opt(RECEIVE_BUFFER, _range(1 << 16, 1 << 30))
 
 
 @dataclass(frozen=True)
