@@ -73,6 +73,8 @@ class Guard:
 
     #: Host header names accepted besides the bound address (and "localhost" on loopback).
     allowed_hosts: tuple[str, ...] = ()
+    #: Answer any Host (for read-only servers scraped by name, such as a metrics port).
+    any_host: bool = False
     #: With a token, TCP requests must carry ``Authorization: Bearer TOKEN``.
     token: str | None = None
     #: Connections open at once from one client address (0: no limit).
@@ -290,7 +292,9 @@ class HTTPServer:
                     return error_response(429, f"more than {guard.max_rate:g} requests a second from "
                                                f"{client}", (("Retry-After", "1"),))
             host = request.headers.get("host")
-            if host is None:
+            if guard.any_host:
+                pass
+            elif host is None:
                 if request.version != "HTTP/1.0":
                     guard.refuse("host")
                     return error_response(400, "a Host header is required")
