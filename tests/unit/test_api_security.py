@@ -141,7 +141,7 @@ def test_a_token_file_every_user_may_read_stops_the_start(tmp_path: Path) -> Non
 
 
 def test_limits_per_client_answer_and_count(tmp_path: Path) -> None:
-    cfg = api_config(tmp_path, maxConnectionsPerClient=4, maxRequestsPerSecond=20)
+    cfg = api_config(tmp_path, maxConnectionsPerClient=4, maxRequestsPerSecond=10)
     port = cfg.plugins.api.bind_port  # type: ignore[union-attr]
 
     def body(daemon: Daemon, client: ApiClient) -> tuple[list[bytes], list[int], dict[str, float]]:
