@@ -331,12 +331,15 @@ def _flows(args: argparse.Namespace) -> int:
     if not flows:
         print("no active flows")
         return 0
-    rows = [("PROTO", "SOURCE", "DESTINATION", "EXP", "ACT", "LABEL", "SINCE")]
+    rows = [("PROTO", "SOURCE", "DESTINATION", "EXP", "ACT", "LABEL", "RTT MS", "RETRANS", "SINCE")]
     for f in flows:
         src = f"[{f['src_ip']}]:{f['src_port']}"
         dst = f"[{f['dst_ip']}]:{f['dst_port']}"
+        tcp = f.get("tcp") or {}
+        rtt = f"{tcp['rtt_us'] / 1000:.3f}" if tcp.get("rtt_us") is not None else "-"
+        retrans = str(tcp["total_retrans"]) if tcp.get("total_retrans") is not None else "-"
         rows.append((f["protocol"], src, dst, str(f["experiment"]), str(f["activity"]),
-                     f"{f['label']:#07x}", f.get("start_time") or "-"))
+                     f"{f['label']:#07x}", rtt, retrans, f.get("start_time") or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -28,6 +28,7 @@ and ``{"error": "field 'src_ip': ..."}`` and counted like any rejected input.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import time
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import __version__
+from .. import __version__, tcpinfo
 from ..config import Api
 from ..events import EventError, FlowEvent, format_api, parse_api
 from ..events.flowdgo import DUMMY, format_flowd_go, parse_flowd_go
@@ -44,6 +45,8 @@ from ..httpd import Guard, Handler, HTTPServer, Request, Response, error_respons
 from ..metrics import metrics_route
 from ..registry import Registry
 from . import EventSink
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OPENAPI", "ApiSource", "DaemonView", "read_token"]
 
@@ -139,7 +142,20 @@ class ApiSource:
         return json_response(200, {"status": "ok", "version": __version__, **self._daemon.health()})
 
     def _list(self, request: Request) -> Response:
-        return json_response(200, {"flows": [record.as_api() for record in self._daemon.flows()]})
+        records = self._daemon.flows()
+        listed = [record.as_api() for record in records]
+        if any(record.flow.protocol == "tcp" for record in records):
+            # The kernel's TCP statistics of each TCP flow with a socket here, read in one dump.
+            try:
+                sockets = tcpinfo.sweep()
+            except OSError as exc:
+                log.debug("no TCP statistics for the flow list: %s", exc)
+                sockets = {}
+            for record, item in zip(records, listed):
+                stats = tcpinfo.of_flow(sockets, record.flow)
+                if stats is not None:
+                    item["tcp"] = stats.as_json()
+        return json_response(200, {"flows": listed})
 
     def _post(self, request: Request) -> Response:
         return self._events(request, "start", forced=False)

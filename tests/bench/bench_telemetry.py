@@ -1,0 +1,103 @@
+"""The cost of per-flow TCP statistics: one sock_diag sweep of 10,000 active TCP flows.
+
+Usage::
+
+    python tests/bench/bench_telemetry.py [--json OUT] [--flows N] [--sweeps N]
+
+Opens ``--flows`` TCP connections from namespace a to namespace b over a veth
+pair (the server holds its ends in a process of its own), then times, in a, a
+sweep of every socket's ``tcp_info`` (:func:`flowlabel.tcpinfo.sweep`) and the
+matching of each flow to its socket, as ``GET /flows`` does. The figure is the
+CPU a refresh of every flow once a second would take, in percent of one core,
+from the median of ``--sweeps``. Target: <= 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flowlabel import tcpinfo
+from flowlabel.flow import Flow
+from support.netns import A, B, Pair
+
+TARGET_PERCENT = 5.0
+PORT = 7000
+
+SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4096)
+print("listening", flush=True)
+held = [s.accept()[0] for _ in range(int(sys.argv[3]))]
+print("accepted", flush=True)
+sys.stdin.read()
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="OUT", type=Path, help="also write the figures as JSON to OUT")
+    parser.add_argument("--flows", type=int, default=10_000)
+    parser.add_argument("--sweeps", type=int, default=21)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    args = parser.parse_args(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < args.flows + 100:
+        raise SystemExit(f"needs {args.flows + 100} file descriptors, the limit is {hard}")
+    with Pair() as pair:
+        server = subprocess.Popen(["ip", "netns", "exec", pair.b.name, sys.executable, "-c", SERVER, B,
+                                   str(PORT), str(args.flows)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        clients = []
+        try:
+            with pair.a.entered():
+                for _ in range(args.flows):
+                    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                    c.connect((B, PORT))
+                    clients.append(c)
+            assert server.stdout.readline().strip() == "accepted"
+            flows = [Flow.of("tcp", A, B, c.getsockname()[1], PORT) for c in clients]
+            seconds = []
+            matched = 0
+            with pair.a.entered():
+                for _ in range(args.sweeps):
+                    began = time.process_time()
+                    sockets = tcpinfo.sweep()
+                    matched = sum(tcpinfo.of_flow(sockets, flow) is not None for flow in flows)
+                    seconds.append(time.process_time() - began)
+        finally:
+            for c in clients:
+                c.close()
+            if server.stdin is not None:
+                server.stdin.close()
+            server.wait(30)
+    median = statistics.median(seconds)
+    percent = median * 100.0  # of one core, refreshing once a second
+    ok = percent <= TARGET_PERCENT and matched == args.flows
+    print(f"{'figure':<46} {'value':>10} {'target':>10}  result")
+    print(f"{'TCP statistics of 10,000 flows each second (% core)':<46} {percent:>10.2f} "
+          f"{'<= ' + format(TARGET_PERCENT, '.0f'):>10}  {'PASS' if ok else 'MISS'}")
+    print(f"  one sweep and match: median {median * 1000:.1f} ms CPU, min {min(seconds) * 1000:.1f} ms, "
+          f"max {max(seconds) * 1000:.1f} ms over {args.sweeps}; {matched:,} of {args.flows:,} flows matched")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"flows": args.flows, "sweep_cpu_seconds": seconds,
+                                         "percent_of_core_at_1s": percent, "matched": matched,
+                                         "target_percent": TARGET_PERCENT, "pass": ok}, indent=2) + "\n")
+    return 1 if args.strict and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
