@@ -255,6 +255,10 @@ class Daemon:
 
             prom = backends.prometheus
             self._prometheus = PrometheusBackend(prom.bind_address, prom.bind_port, self.metrics)
+            if prom.flow_metrics:
+                from .flowmetrics import FlowMetrics
+
+                self.metrics.add_collector(FlowMetrics(self.flows, prom.max_flow_metrics).families)
 
     def _load_registry(self) -> Registry:
         from .registry import RegistryError

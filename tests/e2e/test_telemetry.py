@@ -105,3 +105,42 @@ def test_a_sweep_of_many_sockets_finds_each_once(pair: Pair) -> None:
         for c in clients:
             c.close()
         server.close()
+
+
+def test_per_flow_gauges_carry_flowd_gos_names_and_stay_bounded(pair: Pair, tmp_path: Path,
+                                                                 daemons: list[Daemon]) -> None:
+    daemon = Daemon.standard(pair, tmp_path, backends={
+        "ebpf": {"targetInterface": pair.if_a},
+        "prometheus": {"bindPort": 0, "flowMetrics": True, "maxFlowMetrics": 1},
+    })
+    daemons.append(daemon.start())
+    with pair.b.entered():
+        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.bind((B, 0))
+    server.listen(4)
+    dport = server.getsockname()[1]
+    clients = []
+    try:
+        with pair.a.entered():
+            for _ in range(2):
+                c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                c.connect((B, dport))
+                clients.append(c)
+        for n, c in enumerate(clients):
+            daemon.write_pipe(f"start tcp {A} {c.getsockname()[1]} {B} {dport} 7 {n}\n")
+        daemon.wait_for_flows(2)
+        metrics = daemon.metrics()
+        listed = {f["src_port"]: f for f in daemon.flows()}
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
+    rtts = {name: value for name, value in metrics.items() if name.startswith("flow_tcp_rtt{")}
+    assert len(rtts) == 1  # maxFlowMetrics
+    assert metrics["flowlabel_flow_metrics_omitted"] == 1
+    assert metrics["flowlabel_flow_metrics_capped_total"] >= 1
+    (name,) = rtts
+    sport = int(re.search(r'flow="<(\d+):', name).group(1))  # type: ignore[union-attr]
+    assert f'src="{A}"' in name and f'dst="{B}"' in name and 'exp="7"' in name and 'flavour="netlink"' in name
+    assert metrics[name.replace("flow_tcp_rtt{", "flow_tcp_bytes_acked_total{")] >= 0
+    assert listed[sport]["tcp"]["snd_mss"] == metrics[name.replace("flow_tcp_rtt{", "flow_tcp_mss{")]

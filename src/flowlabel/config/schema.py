@@ -337,6 +337,10 @@ class Prometheus:
     log: bool = _opt(True)
     #: flowd-go's port for per-connection sk_ops metrics; flowlabel serves nothing there.
     skops_port: int = _opt(8081, _port)
+    #: Per-flow TCP gauges (flowd-go's flow_tcp_* names) for the TCP flows with a socket here.
+    flow_metrics: bool = _opt(False)
+    #: At most this many flows in the per-flow gauges of one scrape; the rest are counted.
+    max_flow_metrics: int = _opt(1000, _range(1, 1_000_000))
 
 
 @dataclass(frozen=True)
