@@ -167,6 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flow_arguments(end, ids_required=False)
 
+    from .top import SORTS
+
+    top = commands.add_parser(
+        "top",
+        parents=[common],
+        help="a live view of a running daemon's flows",
+        description=(
+            "Show the flows a running daemon marks, refreshed every --interval seconds, in the manner "
+            "of top: experiment and activity names, label, addresses, and for TCP flows with a socket "
+            "on the daemon's host the rate (bytes acknowledged and received per second), RTT and "
+            "retransmissions. Keys: r rate, t RTT, x retransmissions, e experiment, s start (sort); "
+            "q quits. `flowlabel flows --json` carries the same numbers."
+        ),
+    )
+    _api_argument(top)
+    top.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes")
+    top.add_argument("--sort", choices=sorted(SORTS), default="r",
+                     help="the first order: r rate, t RTT, x retransmissions, e experiment, s start")
+
     config = commands.add_parser(
         "config",
         parents=[common],
@@ -391,6 +410,27 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top(args: argparse.Namespace) -> int:
+    from .api_client import ApiError
+    from .top import run
+
+    client = _client(args)
+    registry = _registry(args.config)
+
+    def names(experiment: int, activity: int) -> tuple[str, str]:
+        found = _names(registry, experiment, activity)
+        return (found.get("experiment_name", str(experiment)), found.get("activity_name", str(activity)))
+
+    try:
+        client.flows()  # fail here, with one line, when the daemon cannot be reached
+    except ApiError as exc:
+        raise _Failure(str(exc)) from None
+    if args.interval <= 0:
+        raise _Failure("--interval must be positive", 2)
+    run(client.flows, names, args.interval, args.sort)
+    return 0
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     from .cleanup import cleanup
     from .errors import MarkerError
@@ -425,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _flows(args)
         if args.command in ("start", "end"):
             return _event(args)
+        if args.command == "top":
+            return _top(args)
         if args.command == "config":
             return _config(args)
         if args.command == "cleanup":

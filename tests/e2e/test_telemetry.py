@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +148,74 @@ def test_per_flow_gauges_carry_flowd_gos_names_and_stay_bounded(pair: Pair, tmp_
     assert f'src="{A}"' in name and f'dst="{B}"' in name and 'exp="7"' in name and 'flavour="netlink"' in name
     assert metrics[name.replace("flow_tcp_rtt{", "flow_tcp_bytes_acked_total{")] >= 0
     assert listed[sport]["tcp"]["snd_mss"] == metrics[name.replace("flow_tcp_rtt{", "flow_tcp_mss{")]
+
+
+def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        pytest.fail("tmux is needed to drive `flowlabel top` in a real terminal (apt-get install tmux)")
+    daemon = Daemon.standard(pair, tmp_path)
+    daemons.append(daemon.start())
+    with pair.b.entered():
+        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.bind((B, 0))
+    server.listen(1)
+    with pair.a.entered():
+        client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    client.connect((B, server.getsockname()[1]))
+    conn, _ = server.accept()
+    sport, dport = client.getsockname()[1], server.getsockname()[1]
+    daemon.write_pipe(f"start tcp {A} {sport} {B} {dport} 2 2\n")
+    daemon.write_pipe(f"start udp {A} 4000 {B} 5000 2 5\n")
+    daemon.wait_for_flows(2)
+    stop = threading.Event()
+
+    def stream() -> None:  # a transfer for the rate column
+        while not stop.is_set():
+            client.sendall(b"x" * 65536)
+            conn.recv(1 << 20)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    session = ["tmux", "-L", f"flowlabel-{pair.a.name}"]
+    command = (f"ip netns exec {pair.a.name} {sys.executable} -m flowlabel --config {daemon.config_path} "
+               "top --interval 0.3")
+    try:
+        subprocess.run([*session, "new-session", "-d", "-s", "top", "-x", "200", "-y", "20", command],
+                       check=True)
+        subprocess.run([*session, "resize-window", "-t", "top", "-x", "200", "-y", "20"], check=True)
+
+        def screen() -> str:
+            return subprocess.run([*session, "capture-pane", "-p", "-t", "top"], capture_output=True,
+                                  text=True).stdout
+
+        def shows(pattern: str) -> str:
+            deadline = time.monotonic() + 15
+            text = ""
+            while time.monotonic() < deadline:
+                text = screen()
+                if re.search(pattern, text, re.M):
+                    return text
+                time.sleep(0.1)
+            pytest.fail(f"{pattern!r} never showed; the screen:\n{text}")
+
+        text = shows(r"sorted by RATE")
+        tcp_row = (rf"^atlas\s+perfSONAR\s+0x\w+\s+\[{A}\]:{sport}\s+\[{B}\]:{dport}\s+"
+                   r"[0-9.]+ [kMG]?B/s\s+[0-9.]+")
+        text = shows(tcp_row)
+        udp_row = rf"^atlas\s+\S+\s+0x\w+\s+\[{A}\]:4000\s+\[{B}\]:5000\s+-\s+-\s+-"
+        assert re.search(udp_row, text, re.M), text
+        subprocess.run([*session, "send-keys", "-t", "top", "e"], check=True)
+        shows(r"sorted by EXPERIMENT")
+        subprocess.run([*session, "send-keys", "-t", "top", "q"], check=True)
+        deadline = time.monotonic() + 5
+        while subprocess.run([*session, "has-session", "-t", "top"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "q did not end flowlabel top"
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*session, "kill-server"], capture_output=True)
+        stop.set()
+        sender.join(10)
+        client.close()
+        conn.close()
+        server.close()
