@@ -182,6 +182,10 @@ class Daemon:
             self.metrics.add_collector(self._prometheus.server.families)
             self._listeners.append(f"metrics {self._prometheus.url}")
         self._background(self._persistence.save_periodically, "saving the state file")
+        firefly = self._firefly
+        if firefly is not None and firefly.config.enrich:
+            period = (cfg.enrichers.period if cfg.enrichers is not None else 1000) / 1000
+            self._background(lambda: self._enrich_periodically(firefly, period), "the ongoing fireflies")
         if cfg.summary_interval > 0:
             self._background(self._summarise_periodically, "the summary")
         ebpf = self._ebpf
@@ -395,6 +399,13 @@ class Daemon:
         while True:
             await asyncio.sleep(INTERFACE_CHECK_INTERVAL)
             ebpf.check_interfaces()
+
+    async def _enrich_periodically(self, firefly: FireflyBackend, period: float) -> None:
+        next_due = time.monotonic()
+        while True:
+            next_due += period
+            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+            firefly.ongoing(list(self.table))
 
     async def _summarise_periodically(self) -> None:
         while True:

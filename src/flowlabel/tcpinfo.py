@@ -12,18 +12,19 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["TcpStats", "of_flow", "sweep"]
+__all__ = ["TCP_INFO_FIELDS", "TcpStats", "of_flow", "sweep", "sweep_info"]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_INFO = 2
+INET_DIAG_CONG = 4
 _NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states, then an empty inet_diag_sockid (48 bytes).
 _REQUEST = struct.Struct("=BBBxI48x")
@@ -54,6 +55,52 @@ _FIELDS = (
     ("delivery_rate", 160, "Q"),
     ("bytes_sent", 200, "Q"),
 )
+
+
+#: Every field of struct tcp_info (linux/tcp.h) after its first 8 bytes, in order, by its name
+#: without ``tcpi_``; the first 8 bytes are unpacked by :func:`_info_dict`.
+TCP_INFO_FIELDS = (
+    ("rto", "I"), ("ato", "I"), ("snd_mss", "I"), ("rcv_mss", "I"), ("unacked", "I"), ("sacked", "I"),
+    ("lost", "I"), ("retrans", "I"), ("fackets", "I"), ("last_data_sent", "I"), ("last_ack_sent", "I"),
+    ("last_data_recv", "I"), ("last_ack_recv", "I"), ("pmtu", "I"), ("rcv_ssthresh", "I"), ("rtt", "I"),
+    ("rttvar", "I"), ("snd_ssthresh", "I"), ("snd_cwnd", "I"), ("advmss", "I"), ("reordering", "I"),
+    ("rcv_rtt", "I"), ("rcv_space", "I"), ("total_retrans", "I"), ("pacing_rate", "Q"),
+    ("max_pacing_rate", "Q"), ("bytes_acked", "Q"), ("bytes_received", "Q"), ("segs_out", "I"),
+    ("segs_in", "I"), ("notsent_bytes", "I"), ("min_rtt", "I"), ("data_segs_in", "I"),
+    ("data_segs_out", "I"), ("delivery_rate", "Q"), ("busy_time", "Q"), ("rwnd_limited", "Q"),
+    ("sndbuf_limited", "Q"), ("delivered", "I"), ("delivered_ce", "I"), ("bytes_sent", "Q"),
+    ("bytes_retrans", "Q"), ("dsack_dups", "I"), ("reord_seen", "I"), ("rcv_ooopack", "I"), ("snd_wnd", "I"),
+)
+_HEAD = struct.Struct("=8B")
+
+
+_ALL = struct.Struct("=8B" + "".join(code for _, code in TCP_INFO_FIELDS))
+_ALL_NAMES = tuple(name for name, _ in TCP_INFO_FIELDS)
+
+
+def _info_dict(buffer: bytes | bytearray, at: int, size: int) -> dict[str, Any]:
+    """Every field of the ``tcp_info`` of ``size`` bytes at ``at``; fields past its end are absent."""
+    rest: list[int] = []
+    if size >= _ALL.size:
+        values = _ALL.unpack_from(buffer, at)
+        head, rest = values[:8], list(values[8:])
+    else:
+        head = _HEAD.unpack_from(buffer, at)
+        offset = 8
+        for _, code in TCP_INFO_FIELDS:
+            width = 4 if code == "I" else 8
+            if offset + width > size:
+                break
+            rest.append(struct.unpack_from("=" + code, buffer, at + offset)[0])
+            offset += width
+    state, ca_state, retransmits, probes, backoff, options, wscale, flags = head
+    info: dict[str, Any] = {
+        "state": state, "ca_state": ca_state, "retransmits": retransmits, "probes": probes,
+        "backoff": backoff, "options": options, "snd_wscale": wscale & 0xF, "rcv_wscale": wscale >> 4,
+        "delivery_rate_app_limited": flags & 1, "fastopen_client_fail": (flags >> 1) & 3,
+    }
+    info.update(zip(_ALL_NAMES, rest))
+    return info
 
 
 class TcpStats(NamedTuple):
@@ -94,56 +141,86 @@ _FULL = _full_layout()
 def _unpack(buffer: bytes | bytearray, at: int, size: int) -> TcpStats:
     """The fields of the ``tcp_info`` of ``size`` bytes at ``at`` in ``buffer``."""
     if size >= _FULL.size:
-        state, *rest = _FULL.unpack_from(buffer, at)
-        return TcpStats(STATES.get(state, str(state)), *rest)
-    values: list[object] = []
+        whole = _FULL.unpack_from(buffer, at)
+        return tuple.__new__(TcpStats, (STATES.get(whole[0]) or str(whole[0]), *whole[1:]))
+    values: list[Any] = []
     for name, offset, code in _FIELDS:
         width = struct.calcsize("=" + code)
         value = struct.unpack_from("=" + code, buffer, at + offset)[0] if offset + width <= size else None
         values.append(STATES.get(value, str(value)) if name == "state" and value is not None else value)
-    return TcpStats(*values)  # type: ignore[arg-type]
+    return TcpStats(*values)
 
 
 Socket = tuple[bytes, bytes, int, int]  # local address, remote address, local port, remote port
+T = TypeVar("T")
 
 
 def sweep(family: int = socket.AF_INET6) -> dict[Socket, TcpStats]:
     """The statistics of every open TCP socket of ``family`` in this network namespace."""
-    found: dict[Socket, TcpStats] = {}
+    found: dict[Socket, Any] = {}
+    _dump(family, found, full=False)
+    return found
+
+
+def sweep_info(family: int = socket.AF_INET6) -> dict[Socket, dict[str, Any]]:
+    """Every field of every open TCP socket's ``tcp_info``, and its congestion control as ``cong``."""
+    found: dict[Socket, Any] = {}
+    _dump(family, found, full=True)
+    return found
+
+
+def _dump(family: int, found: dict[Socket, Any], *, full: bool) -> None:
+    extensions = 1 << (INET_DIAG_INFO - 1)
+    if full:
+        extensions |= 1 << (INET_DIAG_CONG - 1)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         nl.bind((0, 0))
-        request = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), _OPEN_STATES)
+        request = _REQUEST.pack(family, socket.IPPROTO_TCP, extensions, _OPEN_STATES)
         header = _NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY,
                                 NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
         nl.send(header + request)
         buffer = bytearray(1 << 17)
+        # Bound once: this loop runs for every socket of the host.
+        unpack_header, unpack_id, unpack_attr = (_NLMSGHDR.unpack_from, _SOCKET_ID.unpack_from,
+                                                 _RTATTR.unpack_from)
+        header_size, attr_size = _NLMSGHDR.size, _RTATTR.size
         while True:
             size = nl.recv_into(buffer)
             offset = 0
-            while offset + _NLMSGHDR.size <= size:
-                length, kind, _, _, _ = _NLMSGHDR.unpack_from(buffer, offset)
+            while offset + header_size <= size:
+                length, kind, _, _, _ = unpack_header(buffer, offset)
                 if kind == NLMSG_DONE:
-                    return found
+                    return
                 if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", buffer, offset + _NLMSGHDR.size)[0]
+                    code = -struct.unpack_from("=i", buffer, offset + header_size)[0]
                     raise OSError(code, f"sock_diag: {os.strerror(code)}")
-                body = offset + _NLMSGHDR.size
-                sport, dport, src, dst = _SOCKET_ID.unpack_from(buffer, body)
+                body = offset + header_size
+                key = unpack_id(buffer, body)
+                key = (key[2], key[3], key[0], key[1])
                 attr = body + _DIAG_MSG_SIZE
                 end = offset + length
-                while attr + _RTATTR.size <= end:
-                    attr_len, attr_type = _RTATTR.unpack_from(buffer, attr)
-                    if attr_len < _RTATTR.size:
+                info: dict[str, Any] | None = None
+                cong = None
+                while attr + attr_size <= end:
+                    attr_len, attr_type = unpack_attr(buffer, attr)
+                    if attr_len < attr_size:
                         break
                     if attr_type == INET_DIAG_INFO:
-                        found[src, dst, sport, dport] = _unpack(buffer, attr + _RTATTR.size,
-                                                                attr_len - _RTATTR.size)
-                        break
+                        if not full:
+                            found[key] = _unpack(buffer, attr + attr_size, attr_len - attr_size)
+                            break
+                        info = _info_dict(buffer, attr + attr_size, attr_len - attr_size)
+                    elif attr_type == INET_DIAG_CONG and full:
+                        payload = attr + attr_size
+                        cong = bytes(buffer[payload : attr + attr_len]).split(b"\0")[0].decode()
                     attr += (attr_len + 3) & ~3
+                if info is not None:
+                    info["cong"] = cong
+                    found[key] = info
                 offset += (length + 3) & ~3
 
 
-def of_flow(sockets: dict[Socket, TcpStats], flow: Flow) -> TcpStats | None:
+def of_flow(sockets: dict[Socket, T], flow: Flow) -> T | None:
     """The statistics of the local socket of a TCP flow, announced in either orientation."""
     if flow.protocol != "tcp" or flow.src.version != 6:
         return None

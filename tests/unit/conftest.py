@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from flowlabel.registry import Registry
+from support.schemas import schema_validator_of
 
 ROOT = Path(__file__).resolve().parents[2]
 # Copies of published SciTags data: the firefly and registry schemas (v1.0.0, trailing commas
@@ -25,20 +26,6 @@ def registry() -> Registry:
 def reference_registry_path() -> Path:
     """The published registry snapshot, as the tests keep it (never the package's own copy)."""
     return TEST_DATA / "registry-api.json"
-
-
-def schema_validator_of(path: Path) -> Any:
-    """A validator for the published JSON schema at ``path``, date-time formats checked."""
-    from event_samples import load_lenient_json
-
-    jsonschema = pytest.importorskip("jsonschema",
-                                     reason="jsonschema is not installed (pip install jsonschema)")
-    schema = load_lenient_json(path.read_text())
-    cls = jsonschema.Draft202012Validator
-    cls.check_schema(schema)
-    # Without a date-time checker the schema would accept any string as a time.
-    assert "date-time" in cls.FORMAT_CHECKER.checkers, "install jsonschema[format-nongpl]"
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 @pytest.fixture(scope="session")

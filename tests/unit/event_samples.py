@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from flowlabel.events import EventError, FlowEvent
+from support.schemas import load_lenient_json  # noqa: F401  (the unit tests import it from here)
 
 UTC = timezone.utc
 V6A = ipaddress.ip_address("2001:db8:10::5")
@@ -320,23 +321,3 @@ def api(**changes: object) -> dict[str, object]:
 
 
 REMOVE = object()
-
-
-
-def load_lenient_json(text: str) -> Any:
-    """json.loads that also takes the trailing commas the published schemas contain."""
-    out = []
-    in_string = escaped = False
-    for i, ch in enumerate(text):
-        if in_string:
-            escaped = ch == "\\" and not escaped
-            if ch == '"' and not escaped:
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == ",":
-            rest = text[i + 1 :].lstrip()
-            if rest[:1] in ("}", "]"):
-                continue
-        out.append(ch)
-    return json.loads("".join(out))

@@ -62,6 +62,24 @@ def test_flowd_go_defaults_apply_to_yaml(tmp_path: Path) -> None:
     assert json_cfg.backends.firefly is not None and json_cfg.backends.firefly.prepend_syslog is False
 
 
+def test_enrichment_keys_map_to_ongoing_fireflies(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "conf.yaml", """
+backends:
+  firefly:
+    enrich: true
+    enrichmentMode: compatible
+enrichers:
+  period: 2500
+  netlink:
+    protocol: 6
+    ext: 255
+    state: 3071
+"""))
+    assert cfg.backends.firefly is not None and cfg.backends.firefly.enrich
+    assert cfg.backends.firefly.enrichment_mode == "compatible"
+    assert cfg.enrichers is not None and cfg.enrichers.period == 2500
+
+
 def test_a_yaml_file_of_comments_enables_nothing(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, "conf.yaml", "---\n# nothing yet\n"))
     assert cfg.plugins == config.Plugins() and cfg.backends == config.Backends()
@@ -74,9 +92,8 @@ def test_a_yaml_file_of_comments_enables_nothing(tmp_path: Path) -> None:
         ("plugins:\n  perfsonar:\n    activityID: 0\n    experimentID: 0\n",
          "plugins.perfsonar: marking all traffic with fixed IDs"),
         ("backends:\n  marker:\n    matchAll: true\n", "backends.marker.matchAll: marking every packet"),
-        ("backends:\n  firefly:\n    enrich: true\n", "backends.firefly.enrich: sending enriched"),
         ("backends:\n  firefly:\n    stun:\n      manualMapping: {}\n", "backends.firefly.stun: rewriting"),
-        ("enrichers:\n  period: 1000\n", "enrichers: gathering TCP statistics"),
+        ("enrichers:\n  skops:\n    strategy: poll\n", "enrichers.skops: the sk_ops enricher"),
         ("backends:\n  marker:\n    markingStrategy: hopByHopDestination\n",
          "backends.marker.markingStrategy: flowlabel marks the IPv6 flow label only"),
     ],

@@ -8,16 +8,23 @@ list), optionally behind an RFC 5424 syslog header.
 Events that arrived as fireflies are not written again: they already reached a
 collector once (the firefly listener can relay them verbatim, see
 :mod:`flowlabel.relay`).
+
+With ``enrich``, every TCP flow with a socket on this host also gets an
+``ongoing`` firefly each ``enrichers.period`` (:meth:`FireflyBackend.ongoing`),
+carrying the connection's TCP statistics in ``netlink`` (in the shape of
+``enrichmentMode``, :mod:`flowlabel.enrichment`) and its bytes in ``usage``; the
+end firefly carries the last of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from .. import times
+from .. import enrichment, tcpinfo, times
 from ..config import FireflySender
 from ..events import EventError, FlowEvent, format_firefly
-from ..flowtable import ENDED, IPV4, STARTED, Change
+from ..flowtable import ENDED, IPV4, STARTED, Change, FlowRecord
 from ..metrics import Family
 from ..udp import Target, UdpSender, resolve, target_of
 
@@ -32,7 +39,10 @@ class FireflyBackend:
     def __init__(self, config: FireflySender) -> None:
         self.config = config
         self.collectors: list[Target] = []
+        self.ongoing_sent = 0
         self._sender = UdpSender("firefly")
+        #: The last enrichment of each flow (by key), for its end firefly.
+        self._last: dict[bytes, dict[str, Any]] = {}
 
     def start(self) -> None:
         """Resolve the collectors; a name that does not resolve raises :class:`ConfigError`."""
@@ -53,15 +63,37 @@ class FireflyBackend:
                 record = change.record
                 end = event.end_time or times.now()
                 self.send(event._replace(experiment=record.experiment, activity=record.activity,
-                                         start_time=record.start_time, end_time=end))
+                                         start_time=record.start_time, end_time=end),
+                          self._last.pop(record.key, None))
             elif outcome == IPV4 and event.state in ("start", "end"):
                 self.send(event)
 
-    def send(self, event: FlowEvent) -> None:
+    def ongoing(self, records: list[FlowRecord]) -> int:
+        """An ongoing firefly for each TCP flow of ``records`` with a socket here; how many were sent."""
+        sockets = tcpinfo.sweep_info() if any(r.flow.protocol == "tcp" for r in records) else {}
+        sent = 0
+        mode = self.config.enrichment_mode
+        live: dict[bytes, dict[str, Any]] = {}
+        for record in records:
+            info = tcpinfo.of_flow(sockets, record.flow)
+            if info is None:
+                continue
+            extra = {"usage": enrichment.usage(info), "netlink": enrichment.netlink(info, mode)}
+            live[record.key] = extra
+            flow = record.flow
+            self.send(FlowEvent("ongoing", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
+                                record.experiment, record.activity, record.start_time, None,
+                                record.application), extra)
+            sent += 1
+        self._last = live
+        self.ongoing_sent += sent
+        return sent
+
+    def send(self, event: FlowEvent, extra: dict[str, Any] | None = None) -> None:
         cfg = self.config
         about = str(event.flow)
         try:
-            payload = format_firefly(event, syslog=cfg.prepend_syslog)
+            payload = format_firefly(event, syslog=cfg.prepend_syslog, extra=extra)
         except (EventError, ValueError) as exc:
             self._sender.fail("firefly for %s not written: %s", about, exc)
             return
@@ -79,4 +111,7 @@ class FireflyBackend:
                           "Fireflies sent (one per receiver)", self._sender.sent),
             Family.single("flowlabel_firefly_send_errors_total", "counter",
                           "Fireflies that could not be written or sent", self._sender.errors),
+            Family.single("flowlabel_fireflies_ongoing_total", "counter",
+                          "Ongoing fireflies written (enrich), before sending to each receiver",
+                          self.ongoing_sent),
         ]

@@ -40,6 +40,7 @@ __all__ = [
     "Backends",
     "Config",
     "ConfigError",
+    "Enrichers",
     "FireflyListener",
     "FireflyReceiver",
     "FireflySender",
@@ -294,8 +295,10 @@ class FireflySender:
     collector_port: int = _opt(FIREFLY_PORT, _peer_port)
     #: More collectors, each "HOST", "HOST:PORT" or "[IPV6]:PORT" (the port defaults to collectorPort).
     collectors: list[str] = _opt([], lambda v: next(filter(None, map(_collector, v)), None))
-    enrich: bool = _opt(False, _not_supported("sending enriched, periodic fireflies (enrich)"))
-    #: flowd-go's enrichment verbosity; it matters only with enrich.
+    #: Send an ongoing firefly for every TCP flow with a socket here, every enrichers.period, and put
+    #: the connection's TCP statistics (``netlink``) and bytes (``usage``) in ongoing and end fireflies.
+    enrich: bool = _opt(False)
+    #: flowd-go's shape of those statistics: "lean", "compatible" (flowd's names) or anything else (full).
     enrichment_mode: str = _opt("lean")
     #: flowd-go's private-to-public address mapping for fireflies.
     stun: Optional[dict[str, Any]] = _opt(
@@ -344,6 +347,21 @@ class Prometheus:
 
 
 @dataclass(frozen=True)
+class Enrichers:
+    """``enrichers``: how often the TCP statistics of enriched fireflies are read."""
+
+    #: Milliseconds between ongoing fireflies of a flow.
+    period: int = _opt(1000, _range(100, 3_600_000))
+    #: sock_diag(7), flowd-go's ``netlink`` enricher: the one flowlabel uses. Its keys (protocol,
+    #: ext, state) are accepted; flowlabel always reads the TCP information of open connections.
+    netlink: Optional[dict[str, Any]] = _opt(None)
+    #: flowd-go's sk_ops enricher.
+    skops: Optional[dict[str, Any]] = _opt(
+        None, _not_supported("the sk_ops enricher (enrichers.skops; flowlabel reads sock_diag, "
+                             "enrichers.netlink)"))
+
+
+@dataclass(frozen=True)
 class Plugins:
     named_pipe: Optional[NamedPipe] = None
     api: Optional[Api] = None
@@ -371,8 +389,7 @@ class Config:
     plugins: Plugins = _opt(Plugins())
     backends: Backends = _opt(Backends())
     #: flowd-go's TCP statistics sources for enriched fireflies.
-    enrichers: Optional[dict[str, Any]] = _opt(
-        None, _not_supported("gathering TCP statistics for fireflies (enrichers)"))
+    enrichers: Optional[Enrichers] = None
     #: Where experiment and activity names come from: null (the packaged snapshot), a file or a URL.
     registry: Optional[str] = _opt(None)
     #: Seconds between state-file writes while flows change.

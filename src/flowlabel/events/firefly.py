@@ -261,8 +261,11 @@ def format_firefly(
     hostname: str | None = None,
     appname: str = "flowlabel",
     now: datetime | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
     """Write ``event`` as a firefly message (UTF-8 JSON), optionally behind a syslog header.
+
+    ``extra`` adds top-level members (``usage``, ``netlink``).
 
     ``now`` (default: the current time) is written as ``current-time`` and is
     used for the syslog timestamp. The schema requires ``start-time``, and
@@ -303,6 +306,8 @@ def format_firefly(
         },
         "context": context,
     }
+    if extra:
+        message.update(extra)
     payload = json.dumps(message, separators=(",", ":"))
     if not syslog:
         return payload.encode("ascii")
