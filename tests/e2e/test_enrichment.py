@@ -48,17 +48,8 @@ def test_ongoing_fireflies_carry_the_connections_statistics(mode: str, pair: Pai
                     "collectorPort": collector.getsockname()[1], "enrich": True, "enrichmentMode": mode},
     })
     daemons.append(daemon.start())
-    with pair.b.entered():
-        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    server.bind((B, 0))
-    server.listen(1)
-    with pair.a.entered():
-        client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    client.connect((B, server.getsockname()[1]))
-    conn, _ = server.accept()
-    sport, dport = client.getsockname()[1], server.getsockname()[1]
-    client.settimeout(10)
-    conn.settimeout(10)
+    tcp = pair.tcp_connection()
+    client, conn, sport, dport = tcp.client, tcp.accepted, tcp.sport, tcp.dport
     try:
         client.sendall(b"x" * 60000)  # fits the socket buffers: no reader thread needed
         got = 0
@@ -74,9 +65,7 @@ def test_ongoing_fireflies_carry_the_connections_statistics(mode: str, pair: Pai
         daemon.write_pipe(f"end tcp {A} {sport} {B} {dport} 3 4\n")
         ended = collect(collector, 0.8)
     finally:
-        client.close()
-        conn.close()
-        server.close()
+        tcp.close()
         collector.close()
     messages = [(at, json.loads(parse_firefly_json(raw))) for at, raw in arrived]
     ongoing = [(at, m) for at, m in messages if m["flow-lifecycle"]["state"] == "ongoing"]

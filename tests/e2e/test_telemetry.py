@@ -156,15 +156,8 @@ def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daem
         pytest.fail("tmux is needed to drive `flowlabel top` in a real terminal (apt-get install tmux)")
     daemon = Daemon.standard(pair, tmp_path)
     daemons.append(daemon.start())
-    with pair.b.entered():
-        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    server.bind((B, 0))
-    server.listen(1)
-    with pair.a.entered():
-        client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    client.connect((B, server.getsockname()[1]))
-    conn, _ = server.accept()
-    sport, dport = client.getsockname()[1], server.getsockname()[1]
+    tcp = pair.tcp_connection()
+    client, conn, sport, dport = tcp.client, tcp.accepted, tcp.sport, tcp.dport
     daemon.write_pipe(f"start tcp {A} {sport} {B} {dport} 2 2\n")
     daemon.write_pipe(f"start udp {A} 4000 {B} 5000 2 5\n")
     daemon.wait_for_flows(2)
@@ -216,6 +209,4 @@ def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daem
         subprocess.run([*session, "kill-server"], capture_output=True)
         stop.set()
         sender.join(10)
-        client.close()
-        conn.close()
-        server.close()
+        tcp.close()

@@ -127,6 +127,20 @@ class Pair:
         self.delete_link()
         self.add_link()
 
+    def tcp_connection(self) -> TcpConnection:
+        """A connected TCP pair: the client in a (address A), the accepted end in b (address B)."""
+        with self.b.entered():
+            server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        server.bind((B, 0))
+        server.listen(1)
+        with self.a.entered():
+            client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        client.settimeout(10)
+        client.connect((B, server.getsockname()[1]))
+        accepted, _ = server.accept()
+        accepted.settimeout(10)
+        return TcpConnection(client, accepted, server)
+
     def send_udp(self, flows: Iterable[tuple[int, int]], count: int = 3) -> None:
         """``count`` datagrams a -> b for each (sport, dport)."""
         with self.a.entered():
@@ -186,6 +200,28 @@ class Pair:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TcpConnection(NamedTuple):
+    """One TCP connection a -> b (:meth:`Pair.tcp_connection`); close it with :meth:`close`."""
+
+    client: socket.socket
+    accepted: socket.socket
+    server: socket.socket
+
+    @property
+    def sport(self) -> int:
+        port: int = self.client.getsockname()[1]
+        return port
+
+    @property
+    def dport(self) -> int:
+        port: int = self.server.getsockname()[1]
+        return port
+
+    def close(self) -> None:
+        for sock in self:
+            sock.close()
 
 
 class Packet(NamedTuple):
