@@ -29,7 +29,8 @@ from flowlabel.label import Label, decode
 from flowlabel.marker import tcx_program_names
 from support.netns import WITH_CGROUP2, Namespace, Pair
 
-READY_TIMEOUT = 15.0
+# Generous: emulated kernels on a busy machine start slowly, and only a failure waits this long.
+READY_TIMEOUT = 40.0
 
 
 class Daemon:
@@ -144,7 +145,7 @@ class Daemon:
 
     def api(self, method: str, path: str, document: Any = None) -> Any:
         with self.ns.entered():
-            return ApiClient("http://127.0.0.1:7777").request(method, path, document)
+            return ApiClient("http://127.0.0.1:7777", timeout=20.0).request(method, path, document)
 
     def flows(self) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = self.api("GET", "/flows")["flows"]
@@ -152,7 +153,7 @@ class Daemon:
 
     def metrics(self) -> dict[str, float]:
         """The samples of /metrics, by their full name with labels."""
-        connection = http.client.HTTPConnection("127.0.0.1", 7777, timeout=5)
+        connection = http.client.HTTPConnection("127.0.0.1", 7777, timeout=20)
         with self.ns.entered():
             connection.connect()  # the socket belongs to the namespace it was made in
         try:
