@@ -40,11 +40,6 @@ SORTS: dict[str, tuple[str, Callable[[Row], Any], bool]] = {
 }
 
 
-def _name(names: Callable[[int, int], tuple[str, str]], flow: dict[str, Any]) -> tuple[str, str]:
-    experiment, activity = names(flow["experiment"], flow["activity"])
-    return experiment, activity
-
-
 def rows(flows: list[dict[str, Any]], previous: dict[tuple[Any, ...], tuple[float, int]], now: float,
          names: Callable[[int, int], tuple[str, str]]) -> list[Row]:
     """The rows for ``flows``; ``previous`` (flow key: (time, bytes)) is updated for the next call."""
@@ -61,7 +56,7 @@ def rows(flows: list[dict[str, Any]], previous: dict[tuple[Any, ...], tuple[floa
             if before is not None and now > before[0]:
                 rate = max(0.0, (moved - before[1]) / (now - before[0]))
             previous[key] = (now, moved)
-        experiment, activity = _name(names, flow)
+        experiment, activity = names(flow["experiment"], flow["activity"])
         out.append(Row(
             key, experiment, activity, f"{flow['label']:#07x}",
             f"[{flow['src_ip']}]:{flow['src_port']}", f"[{flow['dst_ip']}]:{flow['dst_port']}",

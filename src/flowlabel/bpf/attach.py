@@ -152,9 +152,7 @@ class Attachment:
                 self._link = self._ffi.NULL
             elif self.mode == "tc":
                 self.mode = "detached"
-                err = self._lib.fl_tc_detach(self.ifindex, TC_HANDLE, TC_PRIORITY)
-                if err and abs(err) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
-                    raise errno_error(f"detaching from {self.name!r}", err)
+                remove_filter(self.name, self.ifindex)
                 if self.created_qdisc and self._remove_qdisc and not clsact_has_filters(self.ifindex):
                     self._lib.fl_tc_hook_destroy(self.ifindex)
                 qdisc_record(self.name).unlink(missing_ok=True)
