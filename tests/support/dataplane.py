@@ -33,6 +33,24 @@ def link_stats(ns: Namespace, ifname: str) -> dict[str, Any]:
     return json.loads(ns.ip("-j", "-s", "link", "show", "dev", ifname).stdout)[0]["stats64"]
 
 
+def wait_quiet(ns: Namespace, ifname: str, quiet: float = 1.5, limit: float = 15.0) -> None:
+    """Wait until the link has sent nothing for ``quiet`` seconds (its start-up MLD reports are over).
+
+    A packet of its own that the link sends while the counts are read would be
+    counted by one side and not the other.
+    """
+    deadline = time.monotonic() + limit
+    last = link_stats(ns, ifname)["tx"]["packets"]
+    since = time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ifname} kept sending packets of its own for {limit} s")
+        time.sleep(0.1)
+        now = link_stats(ns, ifname)["tx"]["packets"]
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def measure(windows: int, window_seconds: float) -> dict[str, Any]:
     """Throughput with and without the marker over ``windows`` windows of each; packet counts."""
     home = os.sched_getaffinity(0)
@@ -40,6 +58,7 @@ def measure(windows: int, window_seconds: float) -> dict[str, Any]:
     try:
         with Namespace() as a, Namespace() as b:
             if_a, _ = veth_pair(a, b, A, B)
+            wait_quiet(a, if_a)
             with a.entered():
                 marker = Marker([if_a])
             try:
