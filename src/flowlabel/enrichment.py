@@ -12,13 +12,19 @@ for ``enrichmentMode``:
 
 Members of ``lean`` and full objects are sorted by name, as flowd-go's are.
 ``usage`` is XRootD's: bytes ``received`` and ``sent`` (acknowledged).
+
+:func:`members` builds them as objects (for end fireflies); :class:`Encoder`
+writes the same members as JSON text for the ongoing fireflies of every flow
+each period.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from operator import itemgetter
+from typing import Any, Callable
 
-__all__ = ["COMPATIBLE", "FULL", "LEAN", "MODES", "netlink", "usage"]
+__all__ = ["COMPATIBLE", "FULL", "LEAN", "MODES", "Encoder", "members", "netlink", "usage"]
 
 #: flowd-go's tcpInfo member names, by tcp_info field (full mode).
 FULL = {
@@ -95,6 +101,89 @@ def netlink(info: dict[str, Any], mode: str) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+def members(info: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The members an enriched firefly adds: ``usage`` and ``netlink``."""
+    return {"usage": usage(info), "netlink": netlink(info, mode)}
+
+
 def usage(info: dict[str, Any]) -> dict[str, int]:
     """XRootD's ``usage``: bytes received, and bytes sent (acknowledged by the peer)."""
     return {"received": int(info.get("bytes_received", 0)), "sent": int(info.get("bytes_acked", 0))}
+
+
+_JSON_TEXTS: dict[Any, str] = {}
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as str.format should write it into JSON text: numbers as they are, the rest encoded.
+
+    The rest are few (state names, option lists, congestion controls), so their
+    texts are kept.
+    """
+    if type(value) is int:
+        return value
+    key = tuple(value) if isinstance(value, list) else value
+    text = _JSON_TEXTS.get(key)
+    if text is None:
+        text = json.dumps(value, separators=(",", ":"))
+        if len(_JSON_TEXTS) < 1024:
+            _JSON_TEXTS[key] = text
+    return text
+
+
+class Encoder:
+    """``"usage":{...},"netlink":{...}`` for a ``tcp_info`` dict, in ``mode``'s shape.
+
+    The text is what ``json.dumps(members(info, mode))`` writes (compact), made
+    from a format string compiled once per shape of ``info`` (kernels differ in
+    how many fields they report) instead of building and encoding the objects for
+    every flow and period.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._compiled: dict[tuple[int, bool], tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
+
+    def members(self, info: dict[str, Any]) -> str:
+        shape = (len(info), bool(info.get("cong")))
+        compiled = self._compiled.get(shape)
+        if compiled is None:
+            compiled = self._compiled[shape] = self._compile(info)
+        template, values = compiled
+        return template.format(*values(info))
+
+    def _compile(self, info: dict[str, Any]) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+        # (JSON member name, tcp_info field shown unchanged, or the function that makes the value)
+        members: list[tuple[str, str | Callable[[dict[str, Any]], Any]]]
+        if self.mode == "compatible":
+            members = [(name, source) for name, source in COMPATIBLE if callable(source) or source in info]
+        else:
+            shown = LEAN if self.mode == "lean" else FULL
+            members = sorted((shown[field], field) for field in info if field in shown)
+        plain = [source for _, source in members if isinstance(source, str)]
+        made = [source for _, source in members if not isinstance(source, str)]
+        # Format arguments: usage (0, 1), the plain fields, the made values, the congestion control.
+        slots, next_plain, next_made = [], 2, 2 + len(plain)
+        for name, source in members:
+            if isinstance(source, str):
+                slots.append(f'"{name}":{{{next_plain}}}')
+                next_plain += 1
+            else:
+                slots.append(f'"{name}":{{{next_made}}}')
+                next_made += 1
+        body = ",".join(slots)
+        with_cong = self.mode != "compatible" and bool(info.get("cong"))
+        if self.mode == "compatible":
+            netlink_text = f"{{{{{body}}}}}"
+        else:
+            cong = f'"cong":{{{{"algorithm":{{{next_made}}}}}}},' if with_cong else ""
+            netlink_text = f'{{{{{cong}"tcpInfo":{{{{{body}}}}}}}}}'
+        template = f'"usage":{{{{"received":{{0}},"sent":{{1}}}}}},"netlink":{netlink_text}'
+        fields = itemgetter(*plain) if len(plain) > 1 else (lambda i: tuple(i[f] for f in plain))
+
+        def values(i: dict[str, Any]) -> tuple[Any, ...]:
+            head = (i.get("bytes_received", 0), i.get("bytes_acked", 0), *fields(i),
+                    *[_json_value(m(i)) for m in made])
+            return (*head, _json_value(i["cong"])) if with_cong else head
+
+        return template, values

@@ -46,7 +46,7 @@ class UdpSender:
         self._sockets: dict[int, socket.socket] = {}
         self._error_log = RateLimitedLog(log, 10, f"{what} send errors")
 
-    def send(self, payload: bytes, target: Target, about: str) -> bool:
+    def send(self, payload: bytes, target: Target, about: object) -> bool:
         family, address = target
         sock = self._sockets.get(family)
         try:

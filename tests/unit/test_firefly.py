@@ -24,7 +24,16 @@ from event_samples import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowlabel.events import EventError, FlowEvent, format_firefly, parse_firefly, parse_line
+from flowlabel import times
+from flowlabel.events import (
+    EventError,
+    FlowEvent,
+    OngoingFirefly,
+    format_firefly,
+    parse_firefly,
+    parse_line,
+    syslog_header,
+)
 
 # -- fireflies -------------------------------------------------------------------------------------
 
@@ -245,6 +254,21 @@ def test_format_firefly_rejects_what_the_schema_cannot_carry() -> None:
 @given(flow_events(with_times=True, min_port=1), st.booleans())
 def test_firefly_round_trip(event: FlowEvent, syslog: bool) -> None:
     assert parse_firefly(format_firefly(event, syslog=syslog, hostname="h.example.org")) == event
+
+
+@given(flow_events(with_times=True, min_port=1), st.booleans(), st.sampled_from([{}, {"usage": {"sent": 1}}]))
+def test_ongoing_firefly_writes_what_format_firefly_writes(event: FlowEvent, syslog: bool,
+                                                           extra: dict[str, Any]) -> None:
+    event = event._replace(state="ongoing", end_time=None)
+    current = times.format_time(NOW)
+    members = json.dumps(extra, separators=(",", ":"))[1:-1]
+    header = syslog_header(current) if syslog else ""
+    assert OngoingFirefly(event).format(current, members, header) == format_firefly(event, syslog=syslog,
+                                                                                    now=NOW, extra=extra)
+
+
+def test_ongoing_firefly_refuses_what_format_firefly_refuses() -> None:
+    expect_error("sport", lambda: OngoingFirefly(parse_line("ongoing tcp ::1 0 ::2 2 2 15")))
 
 
 

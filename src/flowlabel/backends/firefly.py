@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import enrichment, tcpinfo, times
 from ..config import FireflySender
-from ..events import EventError, FlowEvent, format_firefly
+from ..events import EventError, FlowEvent, OngoingFirefly, format_firefly, syslog_header
 from ..flowtable import ENDED, IPV4, STARTED, Change, FlowRecord
 from ..metrics import Family
 from ..udp import Target, UdpSender, resolve, target_of
@@ -41,8 +41,12 @@ class FireflyBackend:
         self.collectors: list[Target] = []
         self.ongoing_sent = 0
         self._sender = UdpSender("firefly")
-        #: The last enrichment of each flow (by key), for its end firefly.
+        self._encoder = enrichment.Encoder(config.enrichment_mode)
+        #: The last tcp_info of each flow (by key), for its end firefly.
         self._last: dict[bytes, dict[str, Any]] = {}
+        #: Each enriched flow's ongoing firefly (written but for its times and TCP members) and
+        #: destination, by key and label (a flow can be relabelled); None where none can be written.
+        self._ongoing: dict[tuple[bytes, int], tuple[OngoingFirefly, Target] | None] = {}
 
     def start(self) -> None:
         """Resolve the collectors; a name that does not resolve raises :class:`ConfigError`."""
@@ -62,45 +66,68 @@ class FireflyBackend:
                 # The end message carries what the flow was started with.
                 record = change.record
                 end = event.end_time or times.now()
+                info = self._last.pop(record.key, None)
+                extra = None if info is None else enrichment.members(info, self.config.enrichment_mode)
                 self.send(event._replace(experiment=record.experiment, activity=record.activity,
-                                         start_time=record.start_time, end_time=end),
-                          self._last.pop(record.key, None))
+                                         start_time=record.start_time, end_time=end), extra)
             elif outcome == IPV4 and event.state in ("start", "end"):
                 self.send(event)
 
     def ongoing(self, records: list[FlowRecord]) -> int:
         """An ongoing firefly for each TCP flow of ``records`` with a socket here; how many were sent."""
         sockets = tcpinfo.sweep_info() if any(r.flow.protocol == "tcp" for r in records) else {}
-        sent = 0
-        mode = self.config.enrichment_mode
+        current = times.format_time(times.now())
+        header = syslog_header(current) if self.config.prepend_syslog else ""
+        members = self._encoder.members
+        send = self._sender.send
+        to_destination = self.config.send_to_destination
         live: dict[bytes, dict[str, Any]] = {}
+        written: dict[tuple[bytes, int], tuple[OngoingFirefly, Target] | None] = {}
+        sent = 0
         for record in records:
             info = tcpinfo.of_flow(sockets, record.flow)
             if info is None:
                 continue
-            extra = {"usage": enrichment.usage(info), "netlink": enrichment.netlink(info, mode)}
-            live[record.key] = extra
+            live[record.key] = info
+            key = (record.key, record.label)
+            prepared = written[key] = self._ongoing[key] if key in self._ongoing else self._prepare(record)
+            if prepared is None:
+                continue
+            message, destination = prepared
+            payload = message.format(current, members(info), header)
             flow = record.flow
-            self.send(FlowEvent("ongoing", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
-                                record.experiment, record.activity, record.start_time, None,
-                                record.application), extra)
+            if to_destination:
+                send(payload, destination, flow)
+            for target in self.collectors:
+                send(payload, target, flow)
             sent += 1
-        self._last = live
+        # Flows that ended or lost their socket are forgotten.
+        self._last, self._ongoing = live, written
         self.ongoing_sent += sent
         return sent
 
+    def _prepare(self, record: FlowRecord) -> tuple[OngoingFirefly, Target] | None:
+        flow = record.flow
+        try:
+            event = FlowEvent("ongoing", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
+                              record.experiment, record.activity, record.start_time, None, record.application)
+            message = OngoingFirefly(event)
+            return message, target_of(str(flow.dst), self.config.destination_port)
+        except (EventError, ValueError) as exc:
+            self._sender.fail("ongoing firefly for %s not written: %s", flow, exc)
+            return None
+
     def send(self, event: FlowEvent, extra: dict[str, Any] | None = None) -> None:
         cfg = self.config
-        about = str(event.flow)
         try:
             payload = format_firefly(event, syslog=cfg.prepend_syslog, extra=extra)
         except (EventError, ValueError) as exc:
-            self._sender.fail("firefly for %s not written: %s", about, exc)
+            self._sender.fail("firefly for %s not written: %s", event.flow, exc)
             return
         if cfg.send_to_destination:
-            self._sender.send(payload, target_of(str(event.dst), cfg.destination_port), about)
+            self._sender.send(payload, target_of(str(event.dst), cfg.destination_port), event.flow)
         for target in self.collectors:
-            self._sender.send(payload, target, about)
+            self._sender.send(payload, target, event.flow)
 
     def stop(self) -> None:
         self._sender.close()

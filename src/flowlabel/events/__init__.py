@@ -7,7 +7,7 @@ HTTP API's event object. Everything public is importable from here.
 
 from .api import format_api, parse_api
 from .event import FIELDS, PROTOCOLS, STATES, Data, EventError, FlowEvent
-from .firefly import format_firefly, parse_firefly
+from .firefly import OngoingFirefly, format_firefly, parse_firefly, syslog_header
 from .line import format_line, parse_line
 
 __all__ = [
@@ -17,10 +17,12 @@ __all__ = [
     "Data",
     "EventError",
     "FlowEvent",
+    "OngoingFirefly",
     "format_api",
     "format_firefly",
     "format_line",
     "parse_api",
     "parse_firefly",
     "parse_line",
+    "syslog_header",
 ]

@@ -49,7 +49,8 @@ from .event import (
     state_word,
 )
 
-__all__ = ["firefly_payload", "format_firefly", "parse_firefly", "repair_application"]
+__all__ = ["OngoingFirefly", "firefly_payload", "format_firefly", "parse_firefly", "repair_application",
+           "syslog_header"]
 
 
 _SYSLOG_PREFIX = re.compile(r"<\d{1,3}>\d{1,2}\Z", re.ASCII)
@@ -275,10 +276,7 @@ def format_firefly(
     ``hostname`` and ``appname`` must be valid RFC 5424 header fields
     (``ValueError`` otherwise).
     """
-    event = event.validate()
-    for field, port in (("sport", event.sport), ("dport", event.dport)):
-        if port == 0:
-            raise EventError(field, "a firefly needs ports 1-65535, got 0")
+    event = _writable(event)
     when = date_time(now, "now") if now is not None else times.now()
     current = times.format_time(when)
     lifecycle: dict[str, Any] = {
@@ -290,12 +288,65 @@ def format_firefly(
     elif event.state == "end":
         lifecycle["end-time"] = current
     lifecycle["current-time"] = current
+    message = {"version": 1, "flow-lifecycle": lifecycle, **_identity(event)}
+    if extra:
+        message.update(extra)
+    payload = json.dumps(message, separators=_COMPACT)
+    header = syslog_header(current, hostname, appname) if syslog else ""
+    return f"{header}{payload}".encode("ascii")
+
+
+def syslog_header(current: str, hostname: str | None = None, appname: str = "flowlabel") -> str:
+    """The RFC 5424 header written before a firefly's JSON at time ``current`` (written form)."""
+    host = _default_hostname() if hostname is None else _header_token(hostname, "hostname", 255)
+    app = _header_token(appname, "appname", 48)
+    # PRI 134 is facility local0, severity informational, as the other senders use.
+    return f"<134>1 {current} {host} {app} - firefly-json - "
+
+
+class OngoingFirefly:
+    """A flow's ``ongoing`` firefly, written once but for its current time and added members.
+
+    Ongoing fireflies are sent for every flow each period; this writes the same
+    bytes as :func:`format_firefly` (``format(current, members, header)`` for
+    ``format_firefly(event, now=..., extra=...)``) without building and encoding
+    the whole message again. ``event`` must be valid for :func:`format_firefly`
+    (:class:`EventError` otherwise); its state and end time are not used.
+    """
+
+    __slots__ = ("_identity", "_start")
+
+    def __init__(self, event: FlowEvent) -> None:
+        event = _writable(event)
+        self._start = times.format_time(event.start_time) if event.start_time is not None else None
+        self._identity = json.dumps(_identity(event), separators=_COMPACT)[1:-1]
+
+    def format(self, current: str, members: str, header: str = "") -> bytes:
+        """The firefly at ``current`` (written form) with ``members``, JSON member text (may be empty)."""
+        start = self._start or current
+        extra = f",{members}" if members else ""
+        return (f'{header}{{"version":1,"flow-lifecycle":{{"state":"ongoing","start-time":"{start}",'
+                f'"current-time":"{current}"}},{self._identity}{extra}}}').encode("ascii")
+
+
+_COMPACT = (",", ":")
+
+
+def _writable(event: FlowEvent) -> FlowEvent:
+    """``event`` validated, with the ports the firefly schema allows."""
+    event = event.validate()
+    for field, port in (("sport", event.sport), ("dport", event.dport)):
+        if port == 0:
+            raise EventError(field, "a firefly needs ports 1-65535, got 0")
+    return event
+
+
+def _identity(event: FlowEvent) -> dict[str, Any]:
+    """The ``flow-id`` and ``context`` members: what stays the same in every firefly of a flow."""
     context: dict[str, Any] = {"experiment-id": event.experiment, "activity-id": event.activity}
     if event.application is not None:
         context["application"] = event.application
-    message = {
-        "version": 1,
-        "flow-lifecycle": lifecycle,
+    return {
         "flow-id": {
             "afi": f"ipv{event.src.version}",
             "src-ip": str(event.src),
@@ -306,12 +357,3 @@ def format_firefly(
         },
         "context": context,
     }
-    if extra:
-        message.update(extra)
-    payload = json.dumps(message, separators=(",", ":"))
-    if not syslog:
-        return payload.encode("ascii")
-    host = _default_hostname() if hostname is None else _header_token(hostname, "hostname", 255)
-    app = _header_token(appname, "appname", 48)
-    # PRI 134 is facility local0, severity informational, as the other senders use.
-    return f"<134>1 {current} {host} {app} - firefly-json - {payload}".encode("ascii")
