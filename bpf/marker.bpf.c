@@ -6,7 +6,8 @@
  *
  * A map lookup is a kernel call and costs more than parsing, so the common
  * cases avoid it: a presence filter rules most packets of unknown flows out,
- * and a per-CPU copy of the last flow found serves trains of one flow.
+ * and a small per-CPU cache of the flows last found serves trains of packets
+ * of a few flows.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -94,11 +95,16 @@ struct {
 } clock SEC(".maps");
 
 /*
- * The last flow this CPU found in the map: bulk transfers send trains of
- * packets of one flow, and a hit here costs a few loads instead of a hash
- * lookup. The zeroed initial entry never matches, as a parsed key's proto is
- * TCP or UDP.
+ * The flows this CPU last found in the map, in a direct-mapped cache indexed
+ * by the key's hash (marker.h): bulk transfers send trains of packets of a
+ * few flows, interleaved on a busy CPU, and a hit here costs a few loads
+ * instead of a hash-table lookup. With one entry per CPU, four interleaved
+ * flows took the lookup on most packets. Zeroed entries never match, as a
+ * parsed key's proto is TCP or UDP.
  */
+_Static_assert((FLOWLABEL_CACHE_SLOTS & (FLOWLABEL_CACHE_SLOTS - 1)) == 0,
+	       "FLOWLABEL_CACHE_SLOTS is a power of two");
+
 struct cache_entry {
 	union flow_key_words key;
 	__u64 generation; /* read before the lookup that found label */
@@ -108,7 +114,7 @@ struct cache_entry {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, FLOWLABEL_CACHE_SLOTS);
 	__type(key, __u32);
 	__type(value, struct cache_entry);
 } cache SEC(".maps");
@@ -324,15 +330,15 @@ static __always_inline void count(int c)
 #define FILTER_BIT(s) (((s) & 63) ^ 56)
 #endif
 
-/* False if no flow in the map can have this key: then there is no lookup. */
-static __always_inline int filter_passes(const struct flow_key *key)
+/* False if no flow in the map can have a key of this hash: then there is no lookup. */
+static __always_inline int filter_passes(__u32 hash)
 {
 	__u32 slot, word_idx;
 	__u64 *word;
 
 	if (!cfg.filter_mask)
 		return 1;
-	slot = flowlabel_filter_hash(key) & cfg.filter_mask;
+	slot = hash & cfg.filter_mask;
 	word_idx = slot / 64;
 	word = bpf_map_lookup_elem(&filter, &word_idx);
 	return word && (*word >> FILTER_BIT(slot) & 1);
@@ -351,11 +357,11 @@ static __always_inline int filter_passes(const struct flow_key *key)
  * The kernel runs tc programs with migration and bottom halves off, so
  * nothing else on this CPU writes the entry meanwhile.
  */
-static __always_inline int flow_label(union flow_key_words *kw, __u32 *label)
+static __always_inline int flow_label(union flow_key_words *kw, __u32 hash, __u32 *label)
 {
-	__u32 zero = 0, epoch;
+	__u32 zero = 0, slot = (hash >> 16) & (FLOWLABEL_CACHE_SLOTS - 1), epoch;
 	struct flow_clock *clk = bpf_map_lookup_elem(&clock, &zero);
-	struct cache_entry *c = bpf_map_lookup_elem(&cache, &zero);
+	struct cache_entry *c = bpf_map_lookup_elem(&cache, &slot);
 	struct flow_value *val;
 	__u64 gen, diff;
 
@@ -393,7 +399,7 @@ static __always_inline void handle(struct __sk_buff *skb)
 	enum parse_result res = PARSE_FLOW;
 	struct parsed p;
 	__be32 new_word;
-	__u32 label;
+	__u32 label, hash;
 
 	/*
 	 * One copy of the fast path per mode, so that offsets are constants;
@@ -415,7 +421,8 @@ static __always_inline void handle(struct __sk_buff *skb)
 		return;
 	}
 
-	if (!filter_passes(&p.kw.key) || !flow_label(&p.kw, &label)) {
+	hash = flowlabel_filter_hash(&p.kw.key);
+	if (!filter_passes(hash) || !flow_label(&p.kw, hash, &label)) {
 		count(FLOWLABEL_CNT_MISSED);
 		debug("miss proto %u sport %u dport %u", p.kw.key.proto,
 		      bpf_ntohs(p.kw.key.sport), bpf_ntohs(p.kw.key.dport));

@@ -91,14 +91,22 @@ enum flowlabel_counter {
  * The `clock` map: one mmapable struct flow_clock, written by user space.
  *   generation  incremented after every change of the flow map other than the
  *               insertion of a new key (a label replaced, a flow removed, the
- *               map cleared). The classifier's per-CPU cache of the last flow
- *               it marked is valid only while the generation is the one it
- *               read before its lookup.
+ *               map cleared). An entry of the classifier's per-CPU cache of
+ *               the flows it last marked is valid only while the generation
+ *               is the one it read before its lookup.
  *   epoch       user space's clock for idle flows (seconds). With each new
  *               epoch it bumps the generation too, so that the next packet of
  *               every flow takes the lookup, which records the epoch in the
  *               entry's seen: once per flow and epoch, never per packet.
  */
+/*
+ * The per-CPU cache of marked flows: FLOWLABEL_CACHE_SLOTS entries per CPU,
+ * direct-mapped; a key's entry is
+ * (flowlabel_filter_hash(key) >> 16) & (FLOWLABEL_CACHE_SLOTS - 1), bits the
+ * filter slot of a small filter does not use.
+ */
+#define FLOWLABEL_CACHE_SLOTS 256
+
 struct flow_clock {
 	__u64 generation;
 	__u32 epoch;

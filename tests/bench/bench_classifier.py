@@ -58,7 +58,7 @@ import packets  # noqa: E402
 from flowlabel.marker import Program, bundled_object  # noqa: E402
 
 #: Marker time per packet, as a multiple of the empty classifier's.
-TARGETS = {"hit": 2.3, "miss": 2.0, "non_ipv6": 1.1}
+TARGETS = {"hit": 2.3, "hit_cold_cache": 2.3, "miss": 1.3, "non_ipv6": 1.1}
 CASES = ("hit", "hit_cold_cache", "miss", "miss_filter_set", "non_ipv6", "floor_hit", "floor_miss")
 
 SRC = packets.addr("2001:db8:10::1")
@@ -228,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = {name: summary(s) for name, s in samples.items() if s}
     for name, target in TARGETS.items():
+        if name not in results:  # hit_cold_cache with --no-cold
+            continue
         results[name]["target"] = target
         results[name]["met"] = results[name]["ratio"] <= target
 
@@ -265,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "filter_bits": filter_bits,
             "results": results,
         }, indent=2) + "\n")
-    missed = [name for name in TARGETS if not results[name]["met"]]
+    missed = [name for name in TARGETS if name in results and not results[name]["met"]]
     return 1 if args.strict and missed else 0
 
 

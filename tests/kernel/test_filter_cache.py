@@ -31,6 +31,7 @@ from packets import (
     with_label,
 )
 
+from flowlabel.bpf.ext import extension
 from flowlabel.flow import Flow
 from flowlabel.marker import Marker, Program
 
@@ -86,6 +87,20 @@ def same_slot(program: Program, key: FlowKey, rng: random.Random) -> FlowKey:
     while True:
         other = random_key(rng)
         if other != key and program.flows.filter_slot(packed(program, other)) == slot:
+            return other
+
+
+def cache_slot(program: Program, key: FlowKey) -> int:
+    """The entry of the per-CPU cache that holds ``key`` (marker.h)."""
+    _, lib = extension()
+    return int(lib.flowlabel_filter_hash(packed(program, key)) >> 16) & (lib.FLOWLABEL_CACHE_SLOTS - 1)
+
+
+def same_cache_slot(program: Program, key: FlowKey, rng: random.Random) -> FlowKey:
+    slot = cache_slot(program, key)
+    while True:
+        other = random_key(rng)
+        if other != key and cache_slot(program, other) == slot:
             return other
 
 
@@ -211,7 +226,7 @@ def test_next_packet_after_a_change_sees_it(small: Program, one_cpu: int) -> Non
     try:
         small.flows.put(packed(small, a), 0x0000A)
         small.flows.put(packed(small, b), 0x0000B)
-        for _ in range(3):  # alternate flows through the one cache entry of this CPU
+        for _ in range(3):  # alternate the two flows
             assert label_of(small, a) == 0x0000A
             assert label_of(small, b) == 0x0000B
         assert label_of(small, a) == 0x0000A  # a is cached
@@ -226,6 +241,41 @@ def test_next_packet_after_a_change_sees_it(small: Program, one_cpu: int) -> Non
         assert label_of(small, a) == 0x00AAA
     finally:
         remove_all(small, [a, b])
+
+
+def test_flows_sharing_a_cache_entry_take_it_in_turn(small: Program, one_cpu: int) -> None:
+    rng = random.Random(11)
+    a = random_key(rng)
+    b = same_cache_slot(small, a, rng)
+    try:
+        small.flows.put(packed(small, a), 0x00A0A)
+        small.flows.put(packed(small, b), 0x00B0B)
+        for _ in range(3):
+            assert (label_of(small, a), label_of(small, b)) == (0x00A0A, 0x00B0B)
+        small.flows.delete(packed(small, b))
+        assert label_of(small, b) is None
+        assert label_of(small, a) == 0x00A0A
+    finally:
+        remove_all(small, [a, b])
+
+
+def test_interleaved_flows_each_see_the_next_change(small: Program, one_cpu: int) -> None:
+    """Many flows cached at once (most in entries of their own): every one sees a relabel and a removal."""
+    rng = random.Random(12)
+    keys = [random_key(rng) for _ in range(64)]
+    assert len({cache_slot(small, key) for key in keys}) > 32
+    try:
+        for i, key in enumerate(keys, 1):
+            small.flows.put(packed(small, key), i)
+        for _ in range(2):  # the second round is served from the cache
+            assert [label_of(small, key) for key in keys] == list(range(1, 65))
+        for i, key in enumerate(keys[:32]):
+            small.flows.put(packed(small, key), 0x80000 | i)
+        remove_all(small, keys[32:])
+        assert [label_of(small, key) for key in keys[:32]] == [0x80000 | i for i in range(32)]
+        assert [label_of(small, key) for key in keys[32:]] == [None] * 32
+    finally:
+        remove_all(small, keys)
 
 
 def test_shared_programs_share_filter_and_generation(one_cpu: int) -> None:
