@@ -108,9 +108,11 @@ _Static_assert((FLOWLABEL_CACHE_SLOTS & (FLOWLABEL_CACHE_SLOTS - 1)) == 0,
 struct cache_entry {
 	union flow_key_words key;
 	__u64 generation; /* read before the lookup that found label */
-	__u32 label;
-	__u32 pad;
+	__u32 label;      /* NO_LABEL: a rule said not to mark the flow */
+	__u32 rule;       /* 1 + the number of the rule that decided; 0: the label is the map's */
 };
+
+#define NO_LABEL 0xFFFFFFFF
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -118,6 +120,36 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cache_entry);
 } cache SEC(".maps");
+
+/* Site rules (marker.h); the loader sizes these maps when there are rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 2 * FLOWLABEL_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} rule_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct rule_class);
+	__type(value, struct rule_candidates);
+} rule_candidates SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} rule_hits SEC(".maps");
 
 /*
  * Benchmarks build with -DFLOWLABEL_BENCH_COLD_CACHE=1: the cache is then
@@ -345,37 +377,58 @@ static __always_inline int filter_passes(__u32 hash)
 }
 
 /*
- * The flow's label, from this CPU's cache or the map; 0 if it is not in the
- * map. Why a cached label is never staler than the first packet after the
- * generation moves: user space changes or removes an entry first and bumps
- * the generation after. The cache stores the generation read before its
- * lookup, so a lookup that could still see the old entry stored an older
- * generation than the bump, and the next packet looks up again. This needs
- * the generation load to happen before the lookup's loads: x86 keeps loads in
+ * This CPU's cache entry for a key of this hash, and the generation, read
+ * before any lookup whose result the entry may keep. Why a cached label is
+ * never staler than the first packet after the generation moves: user space
+ * changes or removes an entry first and bumps the generation after (with
+ * rules, it bumps it after every insertion too, as a rule's decision for the
+ * key may be cached). The cache stores the generation read before its lookup,
+ * so a lookup that could still see the old entry stored an older generation
+ * than the bump, and the next packet looks up again. This needs the
+ * generation load to happen before the lookup's loads: x86 keeps loads in
  * order; on weakly ordered CPUs BPF has no cheap way to demand it (only
  * atomics, which would bounce the generation's cache line between CPUs).
  * The kernel runs tc programs with migration and bottom halves off, so
  * nothing else on this CPU writes the entry meanwhile.
  */
-static __always_inline int flow_label(union flow_key_words *kw, __u32 hash, __u32 *label)
+static __always_inline struct cache_entry *cache_of(__u32 hash, struct flow_clock **clk, __u64 *gen)
 {
-	__u32 zero = 0, slot = (hash >> 16) & (FLOWLABEL_CACHE_SLOTS - 1), epoch;
-	struct flow_clock *clk = bpf_map_lookup_elem(&clock, &zero);
+	__u32 zero = 0, slot = (hash >> 16) & (FLOWLABEL_CACHE_SLOTS - 1);
 	struct cache_entry *c = bpf_map_lookup_elem(&cache, &slot);
-	struct flow_value *val;
-	__u64 gen, diff;
 
-	if (!clk || !c)
+	*clk = bpf_map_lookup_elem(&clock, &zero);
+	if (!*clk || !c)
 		return 0;
-	gen = *(volatile __u64 *)&clk->generation;
-	diff = (c->key.w[0] ^ kw->w[0]) | (c->key.w[1] ^ kw->w[1]) | (c->key.w[2] ^ kw->w[2]) |
-	       (c->key.w[3] ^ kw->w[3]) | (c->key.w[4] ^ kw->w[4]) | (c->generation ^ gen);
-	if (!diff) {
-		*label = c->label;
-		return 1;
-	}
+	*gen = *(volatile __u64 *)&(*clk)->generation;
+	return c;
+}
 
-	val = bpf_map_lookup_elem(&flows, &kw->key);
+static __always_inline int cache_holds(const struct cache_entry *c, const union flow_key_words *kw,
+				       __u64 gen)
+{
+	return !((c->key.w[0] ^ kw->w[0]) | (c->key.w[1] ^ kw->w[1]) | (c->key.w[2] ^ kw->w[2]) |
+		 (c->key.w[3] ^ kw->w[3]) | (c->key.w[4] ^ kw->w[4]) | (c->generation ^ gen));
+}
+
+static __always_inline void cache_fill(struct cache_entry *c, const union flow_key_words *kw, __u64 gen,
+				       __u32 label, __u32 rule)
+{
+	c->key.w[0] = kw->w[0];
+	c->key.w[1] = kw->w[1];
+	c->key.w[2] = kw->w[2];
+	c->key.w[3] = kw->w[3];
+	c->key.w[4] = kw->w[4];
+	c->label = label;
+	c->rule = rule;
+	c->generation = gen + FLOWLABEL_BENCH_COLD_CACHE;
+}
+
+/* The flow's label from the map; 0 if the flow is not there. */
+static __always_inline int map_label(const union flow_key_words *kw, struct flow_clock *clk, __u32 *label)
+{
+	struct flow_value *val = bpf_map_lookup_elem(&flows, &kw->key);
+	__u32 epoch;
+
 	if (!val)
 		return 0;
 	*label = val->label; /* read once: user space may rewrite it meanwhile */
@@ -383,14 +436,119 @@ static __always_inline int flow_label(union flow_key_words *kw, __u32 hash, __u3
 	epoch = *(volatile __u32 *)&clk->epoch;
 	if (val->seen != epoch)
 		val->seen = epoch;
-	c->key.w[0] = kw->w[0];
-	c->key.w[1] = kw->w[1];
-	c->key.w[2] = kw->w[2];
-	c->key.w[3] = kw->w[3];
-	c->key.w[4] = kw->w[4];
-	c->label = *label;
-	c->generation = gen + FLOWLABEL_BENCH_COLD_CACHE;
 	return 1;
+}
+
+/* The flow's label, from this CPU's cache or the map; 0 if it is not in the map. */
+static __always_inline int flow_label(union flow_key_words *kw, __u32 hash, __u32 *label)
+{
+	struct flow_clock *clk;
+	struct cache_entry *c;
+	__u64 gen;
+
+	c = cache_of(hash, &clk, &gen);
+	if (!c)
+		return 0;
+	if (cache_holds(c, kw, gen)) {
+		*label = c->label;
+		return 1;
+	}
+	if (!map_label(kw, clk, label))
+		return 0;
+	cache_fill(c, kw, gen, *label, 0);
+	return 1;
+}
+
+static __always_inline void count_rule(__u32 n)
+{
+	__u64 *hits = bpf_map_lookup_elem(&rule_hits, &n);
+
+	if (hits)
+		*hits += 1;
+}
+
+/* The rule class of a port (network order); base: 0 for local ports, FLOWLABEL_PORT_WORDS for remote. */
+static __always_inline __u32 port_class(__u32 base, __be16 port)
+{
+	__u32 p = bpf_ntohs(port), idx = base + p / 4;
+	__u64 *word = bpf_map_lookup_elem(&rule_ports, &idx);
+
+	return word ? (__u32)(*word >> (16 * (p % 4))) & 0xFFFF : 0;
+}
+
+static __always_inline int net_matches(const __u64 *addr, const __u64 *net, const __u64 *mask)
+{
+	return (addr[0] & mask[0]) == net[0] && (addr[1] & mask[1]) == net[1];
+}
+
+/* The first rule that matches the flow: 1 + its number; 0 if none does. */
+static __always_inline __u32 first_rule(const union flow_key_words *kw, struct flow_rule **found)
+{
+	struct rule_class cls = {};
+	struct rule_candidates *cand;
+
+	cls.local = port_class(0, kw->key.sport);
+	cls.remote = port_class(FLOWLABEL_PORT_WORDS, kw->key.dport);
+	if (!cls.local || !cls.remote)
+		return 0;
+	cls.proto = kw->key.proto;
+	cand = bpf_map_lookup_elem(&rule_candidates, &cls);
+	if (!cand)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < FLOWLABEL_RULE_CANDIDATES; i++) {
+		__u32 n = cand->rule[i];
+		struct flow_rule *r;
+
+		if (n == FLOWLABEL_RULE_END)
+			break;
+		r = bpf_map_lookup_elem(&rules, &n);
+		if (!r)
+			break;
+		if (net_matches(&kw->w[0], r->local_net, r->local_mask) &&
+		    net_matches(&kw->w[2], r->remote_net, r->remote_mask)) {
+			*found = r;
+			return n + 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * With site rules: the flow's label from the cache, the map or the first rule
+ * that matches (an announced flow always wins); 0 to leave the packet alone.
+ * A rule's decision is cached like a label from the map.
+ */
+static __always_inline int flow_or_rule_label(union flow_key_words *kw, __u32 hash, __u32 *label)
+{
+	struct flow_clock *clk;
+	struct flow_rule *r = 0;
+	struct cache_entry *c;
+	__u32 rule;
+	__u64 gen;
+
+	c = cache_of(hash, &clk, &gen);
+	if (!c)
+		return 0;
+	if (cache_holds(c, kw, gen)) {
+		if (c->rule)
+			count_rule(c->rule - 1);
+		*label = c->label;
+		return c->label != NO_LABEL;
+	}
+	if (filter_passes(hash) && map_label(kw, clk, label)) {
+		cache_fill(c, kw, gen, *label, 0);
+		return 1;
+	}
+	rule = first_rule(kw, &r);
+	if (!rule || !r)
+		return 0;
+	count_rule(rule - 1);
+	*label = r->count ? r->labels[((hash >> 8) % r->count) & (FLOWLABEL_RULE_LABELS - 1)] |
+				    cfg.entropy[hash >> 27]
+			  : NO_LABEL;
+	cache_fill(c, kw, gen, *label, rule);
+	return *label != NO_LABEL;
 }
 
 /* The packet is IPv6, or may be behind VLAN tags. */
@@ -422,7 +580,8 @@ static __always_inline void handle(struct __sk_buff *skb)
 	}
 
 	hash = flowlabel_filter_hash(&p.kw.key);
-	if (!filter_passes(hash) || !flow_label(&p.kw, hash, &label)) {
+	if (cfg.rules ? !flow_or_rule_label(&p.kw, hash, &label)
+		      : !filter_passes(hash) || !flow_label(&p.kw, hash, &label)) {
 		count(FLOWLABEL_CNT_MISSED);
 		debug("miss proto %u sport %u dport %u", p.kw.key.proto,
 		      bpf_ntohs(p.kw.key.sport), bpf_ntohs(p.kw.key.dport));

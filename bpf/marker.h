@@ -113,12 +113,67 @@ struct flow_clock {
 	__u32 pad;
 };
 
+/*
+ * Site rules (backends.marker.rules): what the classifier does with a TCP or
+ * UDP packet whose flow is not in the map. The rules apply in their order,
+ * the first that matches deciding; user space compiles them into four maps,
+ * all sized by the loader:
+ *   rule_ports       mmapable array of __u64 words: the class of every local
+ *                    (source) port in words 0 to FLOWLABEL_PORT_WORDS - 1 and
+ *                    of every remote port in the FLOWLABEL_PORT_WORDS after,
+ *                    port p (host order) in bits 16 * (p % 4) of word p / 4.
+ *                    Ports of one class are allowed by the same rules; class
+ *                    0 by none.
+ *   rule_candidates  hash map: for a protocol, a local and a remote class,
+ *                    the rules that allow all three, in their order: at most
+ *                    FLOWLABEL_RULE_CANDIDATES, then FLOWLABEL_RULE_END.
+ *   rules            array of struct flow_rule by rule number: the prefixes
+ *                    that must match too, and what the rule does.
+ *   rule_hits        per-CPU array of __u64: packets each rule decided.
+ * A rule's label gets entropy bits from the flow's hash, so they stay the
+ * same for every packet of a connection. Packets a rule decided are counted
+ * in rule_hits, whether it marked them or left them alone.
+ */
+#define FLOWLABEL_MAX_RULES 1024
+#define FLOWLABEL_RULE_CANDIDATES 16
+#define FLOWLABEL_RULE_END 0xFFFF
+#define FLOWLABEL_PORT_WORDS 16384
+
+struct rule_class {
+	__u16 local;
+	__u16 remote;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct rule_candidates {
+	__u16 rule[FLOWLABEL_RULE_CANDIDATES];
+};
+
+/*
+ * A packet matches when saddr & local_mask == local_net and
+ * daddr & remote_mask == remote_net, as 64-bit words in memory order. A rule
+ * with several labels gives each flow one of them, chosen by the flow's hash.
+ */
+#define FLOWLABEL_RULE_LABELS 8
+
+struct flow_rule {
+	__u64 local_net[2];
+	__u64 local_mask[2];
+	__u64 remote_net[2];
+	__u64 remote_mask[2];
+	__u32 labels[FLOWLABEL_RULE_LABELS]; /* experiment and activity bits, no entropy bits */
+	__u32 count;                         /* labels in use; 0: leave the packet as it is */
+	__u32 pad;
+};
+
 /* Load-time options, the classifier's `const volatile struct marker_config cfg`. */
 struct marker_config {
-	__u8 debug;       /* bpf_printk each decision */
-	__u8 l3;          /* the device has no link-layer header: packets start at IPv6 */
-	__u8 pad[2];
+	__u8 debug;        /* bpf_printk each decision */
+	__u8 l3;           /* the device has no link-layer header: packets start at IPv6 */
+	__u16 rules;       /* site rules in the maps above; 0: none, and no code for them runs */
 	__u32 filter_mask; /* filter bits - 1; 0: no filter, every packet is looked up */
+	__u32 entropy[32]; /* the label bits that each 5-bit entropy value sets */
 };
 
 /* ---- cffi's cdef stops here: what follows is compiled, not parsed. ---- */

@@ -8,15 +8,19 @@
 #define FLOWLABEL_SOCKETS_H
 
 /*
- * A TCP socket of this host closed. local and remote are IPv6 addresses in
- * network byte order; the ports are in host byte order.
+ * A TCP socket of this host closed, or (when the loader asks for it) was
+ * established. local and remote are IPv6 addresses in network byte order;
+ * the ports are in host byte order.
  */
+#define FLOWLABEL_SOCKET_CLOSED 0
+#define FLOWLABEL_SOCKET_ESTABLISHED 1
+
 struct socket_event {
 	__u8 local[16];
 	__u8 remote[16];
 	__u16 local_port;
 	__u16 remote_port;
-	__u32 pad;
+	__u32 kind;
 };
 
 /* Bytes of the ring buffer that carries the events. */

@@ -18,11 +18,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 MARKER_H = HERE.parent / "bpf" / "marker.h"
 SOCKETS_H = HERE.parent / "bpf" / "sockets.h"
 
+# __u64 is the kernel's own type (asm-generic/int-ll64.h on every architecture):
+# unsigned long long, which an array of uint64_t (unsigned long) in a struct would not match.
 LIBBPF_CDEF = """
 typedef uint8_t __u8;
 typedef uint16_t __u16;
 typedef uint32_t __u32;
-typedef uint64_t __u64;
+typedef unsigned long long __u64;
 
 struct bpf_object;
 struct bpf_program;

@@ -109,9 +109,13 @@ class ApiClient:
         return answer
 
     def flows(self) -> list[dict[str, Any]]:
-        answer = self.request("GET", "/flows")
-        flows: list[dict[str, Any]] = answer["flows"]
+        flows: list[dict[str, Any]] = self.listing()["flows"]
         return flows
+
+    def listing(self) -> dict[str, Any]:
+        """``GET /flows``: the active flows and the site rules (with the packets each decided)."""
+        answer: dict[str, Any] = self.request("GET", "/flows")
+        return answer
 
     def start(self, event: dict[str, Any]) -> dict[str, Any]:
         """Start (or refresh) a flow; ``event`` is an API event object (``state`` may be left out)."""

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "flows",
         parents=[common],
         help="list the active flows of a running daemon",
-        description="Ask a running daemon (through its HTTP API) which flows it marks, with their labels.",
+        description="Ask a running daemon (through its HTTP API) which flows it marks, with their labels, "
+                    "and, when it has site rules, how many packets each rule decided.",
     )
     _api_argument(flows)
     flows.add_argument("--json", action="store_true", help="print the API's JSON answer")
@@ -341,28 +342,37 @@ def _flows(args: argparse.Namespace) -> int:
     from .api_client import ApiError
 
     try:
-        flows = _client(args).flows()
+        listing = _client(args).listing()
     except ApiError as exc:
         raise _Failure(str(exc)) from None
+    flows, rules = listing["flows"], listing.get("rules") or []
     if args.json:
-        print(json.dumps({"flows": flows}, indent=1))
+        print(json.dumps({"flows": flows, "rules": rules}, indent=1))
         return 0
     if not flows:
         print("no active flows")
-        return 0
-    rows = [("PROTO", "SOURCE", "DESTINATION", "EXP", "ACT", "LABEL", "RTT MS", "RETRANS", "SINCE")]
-    for f in flows:
-        src = f"[{f['src_ip']}]:{f['src_port']}"
-        dst = f"[{f['dst_ip']}]:{f['dst_port']}"
-        tcp = f.get("tcp") or {}
-        rtt = f"{tcp['rtt_us'] / 1000:.3f}" if tcp.get("rtt_us") is not None else "-"
-        retrans = str(tcp["total_retrans"]) if tcp.get("total_retrans") is not None else "-"
-        rows.append((f["protocol"], src, dst, str(f["experiment"]), str(f["activity"]),
-                     f"{f['label']:#07x}", rtt, retrans, f.get("start_time") or "-"))
+    else:
+        rows = [("PROTO", "SOURCE", "DESTINATION", "EXP", "ACT", "LABEL", "RTT MS", "RETRANS", "SINCE")]
+        for f in flows:
+            src = f"[{f['src_ip']}]:{f['src_port']}"
+            dst = f"[{f['dst_ip']}]:{f['dst_port']}"
+            tcp = f.get("tcp") or {}
+            rtt = f"{tcp['rtt_us'] / 1000:.3f}" if tcp.get("rtt_us") is not None else "-"
+            retrans = str(tcp["total_retrans"]) if tcp.get("total_retrans") is not None else "-"
+            rows.append((f["protocol"], src, dst, str(f["experiment"]), str(f["activity"]),
+                         f"{f['label']:#07x}", rtt, retrans, f.get("start_time") or "-"))
+        _print_table(rows)
+    if rules:
+        print()
+        _print_table([("RULE", "PACKETS", "MATCHES"),
+                      *((r["rule"], str(r["packets"]), r["description"]) for r in rules)])
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0
 
 
 def _event(args: argparse.Namespace) -> int:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from .backends.ebpf import EbpfBackend
     from .backends.firefly import FireflyBackend
     from .backends.prometheus import PrometheusBackend
+    from .rulefireflies import RuleFireflies
+    from .rules import CompiledRules, Rule
 
 __all__ = ["Daemon", "StartupError"]
 
@@ -69,6 +71,8 @@ class Daemon:
         self.table = FlowTable()
         self.metrics = Metrics()
         self.registry: Registry | None = None
+        #: The site rules, in order (``rules``, then those of plugins.iperf3 and plugins.perfsonar).
+        self.rules: list[Rule] = []
         self._pid_file = PidFile(config.pid_path)
         self._persistence = Persistence(config.state_path, self.table, config.save_interval)
         self._rejects = RateLimitedLog(log, REJECT_LOG_LIMIT, "rejected inputs")
@@ -76,6 +80,7 @@ class Daemon:
         self._listeners: list[str] = []
         self._ebpf: EbpfBackend | None = None
         self._firefly: FireflyBackend | None = None
+        self._rule_fireflies: RuleFireflies | None = None
         self._prometheus: PrometheusBackend | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Event | None = None
@@ -188,6 +193,7 @@ class Daemon:
             self._background(lambda: self._enrich_periodically(firefly, period), "the ongoing fireflies")
         if cfg.summary_interval > 0:
             self._background(self._summarise_periodically, "the summary")
+        self._start_rule_fireflies()
         ebpf = self._ebpf
         if ebpf is not None:
             self._background(lambda: self._watch_interfaces(ebpf), "watching the interfaces")
@@ -218,14 +224,49 @@ class Daemon:
             raise StartupError(f"cannot start {what}: {exc}") from None
         self._sources.append(part)
 
+    def _site_rules(self) -> CompiledRules | None:
+        """The configuration's site rules, checked and compiled for the classifier."""
+        from .rules import compile_rules, from_config
+
+        assert self.registry is not None
+        try:
+            compiled = compile_rules(from_config(self.config, self.registry))
+        except ConfigError as exc:
+            raise StartupError(f"configuration: {exc}") from None
+        if not compiled.rules:
+            return None
+        self.rules = list(compiled.rules)
+        self._listeners.append(f"{len(compiled.rules)} site rules")
+        if self.config.backends.marker is None:
+            log.warning("%d site rules, but no backends.marker: the rules mark nothing",
+                        len(compiled.rules))
+        return compiled
+
+    def _start_rule_fireflies(self) -> None:
+        from .flow import reversed_key
+        from .rulefireflies import start_rule_fireflies
+
+        table = self.table
+
+        def announced(key: bytes) -> bool:
+            return table.get_key(key) is not None or table.get_key(reversed_key(key)) is not None
+
+        sender = start_rule_fireflies(self.rules, self._firefly, announced)
+        if sender is not None:
+            self._rule_fireflies = sender
+            self.metrics.add_collector(sender.families)
+            self._background(sender.run, "the fireflies of rule-matched connections")
+            self._listeners.append("fireflies for rule-matched TCP connections")
+
     def _start_backends(self, restored: list[FlowRecord]) -> None:
         from .errors import MarkerError
 
         backends = self.config.backends
+        compiled = self._site_rules()
         if backends.marker is not None:
             from .backends.ebpf import EbpfBackend
 
-            self._ebpf = EbpfBackend(backends.marker)
+            self._ebpf = EbpfBackend(backends.marker, compiled)
             try:
                 failed = set(self._ebpf.start(restored))
             except (MarkerError, ValueError) as exc:
@@ -291,6 +332,9 @@ class Daemon:
                 log.exception("stopping %s failed", type(part).__name__)
         self._sources.clear()
         self._persistence.close()
+        if self._rule_fireflies is not None:
+            self._rule_fireflies.stop()
+            self._rule_fireflies = None
         for backend in (self._firefly, self._ebpf):
             if backend is not None:
                 try:
@@ -367,6 +411,13 @@ class Daemon:
 
     def flows(self) -> list[FlowRecord]:
         return list(self.table)
+
+    def rule_list(self) -> list[dict[str, Any]]:
+        """The site rules, each with the packets it decided so far."""
+        hits = self._ebpf.rule_hits() if self._ebpf is not None else [0] * len(self.rules)
+        return [{"rule": rule.where, "description": rule.describe(),
+                 "ids": [list(pair) for pair in rule.ids], "fireflies": rule.fireflies, "packets": count}
+                for rule, count in zip(self.rules, hits)]
 
     def health(self) -> dict[str, Any]:
         return {

@@ -113,6 +113,8 @@ class Reaper:
             return []
         ended: list[tuple[bytes, str]] = []
         for closed in self.watch.take():
+            if closed.established:
+                continue
             key = self.marker.socket_key(closed.local, closed.remote, closed.local_port, closed.remote_port)
             for flow in self.marker.holders_of(key):
                 ended.append((flow, SOCKET_CLOSED))

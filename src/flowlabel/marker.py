@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from .bpf.attach import TC_HANDLE, TC_PRIORITY, Attachment, tcx_program_names, tcx_programs
 from .bpf.ext import bundled_object, extension, libbpf_version
@@ -37,6 +37,9 @@ from .flow import (
     reversed_key,
 )
 from .netif import NetnsHome, link, local_addresses
+
+if TYPE_CHECKING:
+    from .rules import CompiledRules
 
 __all__ = [
     "TC_HANDLE",
@@ -67,6 +70,9 @@ class Marker:
     has it). ``remove_qdisc`` deletes on close a clsact qdisc this Marker created
     (never one that was there before, nor one that others have put filters on since).
 
+    ``rules`` (:func:`flowlabel.rules.compile_rules`) are site rules for the
+    packets of flows that are not in the map.
+
     One Marker per interface: a second one on the same interface raises
     AttachConflictError until the first closes (or its process dies).
     """
@@ -80,6 +86,7 @@ class Marker:
         program_path: Union[str, os.PathLike[str], None] = None,
         debug: bool = False,
         max_flows: int = MAX_FLOWS,
+        rules: CompiledRules | None = None,
     ) -> None:
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach mode must be one of {', '.join(ATTACH_MODES)}, not {attach!r}")
@@ -91,6 +98,7 @@ class Marker:
         self._remove_qdisc = remove_qdisc
         self._program_path = program_path
         self._debug = debug
+        self._rules = rules
         self._tcx = attach == "tcx" or (attach == "auto" and has_tcx())
         self._programs: dict[bool, Program] = {}  # by l3
         self._flows: FlowMap | None = None  # the programs' shared flow map
@@ -116,7 +124,8 @@ class Marker:
         if prog is None:
             other = next(iter(self._programs.values()), None)
             prog = Program(self._program_path, debug=self._debug, l3=l3, max_flows=self.max_flows,
-                           tcx=self._tcx, share_flows_with=other)
+                           tcx=self._tcx, share_flows_with=other,
+                           rules=self._rules if other is None else None)
             self._programs[l3] = prog
             if prog.flows is None:
                 raise MarkerError(f"{prog.path} has no flow map")
@@ -399,6 +408,12 @@ class Marker:
             for name, value in prog.counters().items():
                 totals[name] = totals.get(name, 0) + value
         return totals
+
+    def rule_hits(self) -> list[int]:
+        """Packets each site rule decided, summed over CPUs, in rule order (empty without rules)."""
+        self._check_open()
+        prog = next(iter(self._programs.values()), None)
+        return prog.rules.hits() if prog is not None and prog.rules is not None else []
 
     # -- lifetime -------------------------------------------------------------
 

@@ -237,6 +237,7 @@ class Packet(NamedTuple):
     sport: int
     dport: int
     length: int
+    tcp_flags: int = 0  # SYN is 0x02
 
 
 def parse_ipv6(frame: bytes, l2: bool = True) -> Packet | None:
@@ -249,9 +250,10 @@ def parse_ipv6(frame: bytes, l2: bool = True) -> Packet | None:
         return None
     word = struct.unpack_from("!I", frame, 0)[0]
     sport, dport = struct.unpack_from("!HH", frame, 40)
+    flags = frame[53] if frame[6] == 6 and len(frame) >= 54 else 0
     return Packet(word & 0xFFFFF, (word >> 20) & 0xFF, frame[6],
                   socket.inet_ntop(socket.AF_INET6, frame[8:24]),
-                  socket.inet_ntop(socket.AF_INET6, frame[24:40]), sport, dport, len(frame))
+                  socket.inet_ntop(socket.AF_INET6, frame[24:40]), sport, dport, len(frame), flags)
 
 
 class Capture:

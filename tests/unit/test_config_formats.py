@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from flowlabel import config
+from flowlabel import config, rules
 from flowlabel.config import ConfigError, load_reading
+from flowlabel.config.formats import FLOWD_PRIVATE_IPV6
+from flowlabel.registry import Registry
 
 DATA = Path(__file__).parent.parent / "data" / "flowd-go"
 SAMPLE = DATA / "conf.yaml"
@@ -88,10 +90,8 @@ def test_a_yaml_file_of_comments_enables_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("block", "message"),
     [
-        ("plugins:\n  iperf3:\n    minSourcePort: 0\n", "plugins.iperf3: turning TCP connections"),
-        ("plugins:\n  perfsonar:\n    activityID: 0\n    experimentID: 0\n",
-         "plugins.perfsonar: marking all traffic with fixed IDs"),
-        ("backends:\n  marker:\n    matchAll: true\n", "backends.marker.matchAll: marking every packet"),
+        ("plugins:\n  iperf3:\n    programPath: /opt/watcher.bpf.o\n",
+         "plugins.iperf3.programPath: a custom watcher program is not supported"),
         ("backends:\n  firefly:\n    stun:\n      manualMapping: {}\n", "backends.firefly.stun: rewriting"),
         ("enrichers:\n  skops:\n    strategy: poll\n", "enrichers.skops: the sk_ops enricher"),
         ("backends:\n  marker:\n    markingStrategy: hopByHopDestination\n",
@@ -103,6 +103,37 @@ def test_features_flowlabel_lacks_are_refused_with_the_reason(
 ) -> None:
     text = error_of(write(tmp_path, "conf.yaml", block))
     assert text.startswith(message) and "not supported" in text
+
+
+PERFSONAR_IPERF3 = """\
+plugins:
+  perfsonar:
+    experimentID: 3
+    activityID: 2
+  iperf3:
+    minSourcePort: 5201
+    maxSourcePort: 5210
+    experimentIDs: [2, 3]
+    activityIDs: [1, 4]
+backends:
+  marker:
+    matchAll: true
+"""
+
+
+def test_flowd_go_perfsonar_and_iperf3_become_rules(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "conf.yaml", PERFSONAR_IPERF3))
+    assert cfg.plugins.perfsonar == config.Perfsonar(experiment_id=3, activity_id=2)
+    found = rules.from_config(cfg, Registry.bundled())
+    assert found == [
+        rules.Rule("plugins.iperf3", ((2, 1), (3, 4)), 6, rules.PortRange(5201, 5210), rules.ANY_PORTS,
+                   fireflies=True),
+        rules.Rule("plugins.perfsonar", ((3, 2),)),
+    ]
+    assert "matchAll: marks every packet" in error_of(
+        write(tmp_path, "alone.yaml", "backends:\n  marker:\n    matchAll: true\n"))
+    uneven = write(tmp_path, "uneven.yaml", "plugins:\n  iperf3:\n    experimentIDs: [2]\n")
+    assert error_of(uneven).startswith("plugins.iperf3.activityIDs: experimentIDs and activityIDs must be")
 
 
 @pytest.mark.parametrize(
@@ -180,6 +211,20 @@ def test_flowd_cfg_maps_to_the_same_tree(tmp_path: Path) -> None:
     assert reading.origins["backends.marker.targetInterfaces"] == "flowd.cfg line 3 (NETWORK_INTERFACE)"
 
 
+def test_flowd_netstat_becomes_rules_for_external_tcp_connections(tmp_path: Path) -> None:
+    text = ("PLUGIN='netstat'\nBACKEND='udp_firefly,ebpf'\nNETWORK_INTERFACE='eth0'\n"
+            "NETSTAT_EXPERIMENT='atlas'\nNETSTAT_ACTIVITY=2\n"
+            "NETSTAT_INTERNAL_NETWORKS=('192.168.0.0/16', '2001:db8:5::/48')\n")
+    cfg, reading = load_reading(write(tmp_path, "flowd.cfg", text))
+    found = rules.from_config(cfg, Registry.bundled())
+    exempt = [str(rule.remote_net) for rule in found if not rule.marks]
+    assert exempt == [*FLOWD_PRIVATE_IPV6, "2001:db8:5::/48"]
+    assert found[-1] == rules.Rule("rules[8]", ((2, 2),), 6, fireflies=True)
+    assert all(rule.protocol == 6 for rule in found)
+    assert reading.origins["rules"] == "flowd.cfg line 1 (PLUGIN)"
+    rules.compile_rules(found)  # the classifier can hold them
+
+
 def test_flowd_cfg_is_never_executed(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     text = f"PLUGIN='np_api'\nBACKEND=__import__('os').mkdir({str(marker)!r})\n"
@@ -192,7 +237,10 @@ def test_flowd_cfg_is_never_executed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("PLUGIN='netstat'\nNETSTAT_EXPERIMENT='atlas'\n", "PLUGIN: 'netstat' (marking the connections"),
+        ("PLUGIN='netstat'\nNETSTAT_EXPERIMENT='atlas'\n", "NETSTAT_ACTIVITY: PLUGIN 'netstat' needs"),
+        ("PLUGIN='netlink'\nNETLINK_EXPERIMENT=2\nNETLINK_ACTIVITY=1\nNETLINK_INTERNAL_NETWORKS=('x',)\n",
+         "NETLINK_INTERNAL_NETWORKS[0]: flowd.cfg: 'x' is not a network"),
+        ("PLUGIN='iperf'\n", "PLUGIN: 'iperf' (marking iperf connections with flowd's built-in IDs)"),
         ("PLUGIN='np_api'\nIP_DISCOVERY_ENABLED=True\n", "IP_DISCOVERY_ENABLED: discovering the host's"),
         ("PLUGIN='np_api'\nBACKEND='ebpf'\n", "NETWORK_INTERFACE: BACKEND 'ebpf' needs NETWORK_INTERFACE"),
         ("PLUGIN='np_api'\nBACKEND='kafka'\n", "BACKEND: unknown flowd backend 'kafka'"),

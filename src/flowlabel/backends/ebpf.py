@@ -27,6 +27,7 @@ from ..metrics import Family
 
 if TYPE_CHECKING:
     from ..marker import Marker
+    from ..rules import CompiledRules
 
 __all__ = ["EbpfBackend"]
 
@@ -47,8 +48,10 @@ class EbpfBackend:
 
     name = "ebpf"
 
-    def __init__(self, config: Marking) -> None:
+    def __init__(self, config: Marking, rules: CompiledRules | None = None) -> None:
         self.config = config
+        self._compiled = rules
+        self.rules = list(rules.rules) if rules is not None else []
         self._marker: Marker | None = None
         self.failures = 0
         self.reaper: Reaper | None = None
@@ -90,6 +93,7 @@ class EbpfBackend:
             program_path=cfg.program,
             debug=cfg.debug_mode,
             max_flows=cfg.max_flows,
+            rules=self._compiled if self.rules else None,
         )
         self._indexes = {name: _ifindex(name) for name in targets}
         failed = self._add([(record.key, record.label) for record in records])
@@ -97,6 +101,16 @@ class EbpfBackend:
         self.reaper = Reaper(self._marker, cfg.idle_timeout, cfg.socket_tracking)
         self.reaper.start()
         return failed
+
+    def rule_hits(self) -> list[int]:
+        """Packets each rule decided so far (zeros before the classifier is loaded)."""
+        if self._marker is None:
+            return [0] * len(self.rules)
+        try:
+            return self._marker.rule_hits() or [0] * len(self.rules)
+        except MarkerError as exc:
+            log.warning("cannot read the rules' packet counts: %s", exc)
+            return [0] * len(self.rules)
 
     def check_interfaces(self) -> None:
         """Follow interfaces that went away or came back (a new device under the same name)."""
@@ -198,4 +212,10 @@ class EbpfBackend:
             ),
             Family.single("flowlabel_map_full_total", "counter",
                           "Flows not marked because the flow map was full", self.failures),
+            Family(
+                "flowlabel_rule_packets_total",
+                "counter",
+                "Packets of flows not announced that each site rule decided (marked or left alone)",
+                [((("rule", rule.where),), hits) for rule, hits in zip(self.rules, self.rule_hits())],
+            ),
         ]

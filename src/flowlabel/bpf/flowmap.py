@@ -54,6 +54,9 @@ class PresenceFilter:
         assert ffi.offsetof("struct flow_clock", "generation") == 0
         self._epoch_index = ffi.offsetof("struct flow_clock", "epoch") // 4
         self.set_epoch(epoch_now())
+        #: With site rules, the classifier may have cached a rule's decision for a key
+        #: that is not in the map yet: inserting it must then invalidate the cache too.
+        self.bump_on_insert = False
 
     def slot(self, key: bytes) -> int:
         """The key's slot: the classifier's own hash (marker.h), masked."""
@@ -73,6 +76,8 @@ class PresenceFilter:
         count = self._counts[slot]
         if count < 255:
             self._counts[slot] = count + 1
+        if self.bump_on_insert:
+            self.bump()
 
     def not_inserted(self, slot: int) -> None:
         """The insert after :meth:`before_insert` did not happen."""

@@ -6,12 +6,16 @@ import errno
 import os
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from ..errors import MissingPrivilegeError, ObjectError, VerifierError
 from .ext import bundled_object, counter_names, errno_error, extension
 from .features import memlock_advice, memlock_charged, raise_memlock_limit
 from .flowmap import FlowMap, PresenceFilter
+from .rulemaps import RULE_MAPS, RuleMaps, entropy_bits, size_rule_maps
+
+if TYPE_CHECKING:
+    from ..rules import CompiledRules
 
 PROGRAM_NAME = "marker_egress"
 CONFIG_VAR = "cfg"
@@ -106,8 +110,11 @@ class Program:
     map, so that programs for devices with and without a link-layer header see
     the same flows (and its presence filter and clock with it).
     ``filter_bits`` sizes the presence filter (a power of two; default: from
-    ``max_flows``). After load, :attr:`flows` is the :class:`FlowMap` (shared
-    with ``share_flows_with``), or None for an object without one.
+    ``max_flows``). ``rules`` are site rules (:mod:`flowlabel.rules`) for the
+    packets of flows not in the map; a copy that shares the flows shares them
+    too. After load, :attr:`flows` is the :class:`FlowMap` (shared with
+    ``share_flows_with``), or None for an object without one, and
+    :attr:`rules` the :class:`RuleMaps`, or None without rules.
     """
 
     def __init__(
@@ -121,10 +128,14 @@ class Program:
         tcx: bool = False,
         share_flows_with: Program | None = None,
         filter_bits: int | None = None,
+        rules: CompiledRules | None = None,
     ) -> None:
         self._ffi, self._lib = extension()
         self._obj: Any = self._ffi.NULL
         self.flows: FlowMap | None = None
+        self.rules: RuleMaps | None = None
+        if share_flows_with is not None:
+            rules = share_flows_with.rules.rules if share_flows_with.rules is not None else None
         self.path = Path(path) if path is not None else bundled_object()
         self.debug = debug
         self.l3 = l3
@@ -136,10 +147,10 @@ class Program:
             shared = share_flows_with.flows if share_flows_with is not None else None
             if shared is not None and shared.presence is not None:
                 filter_bits = shared.presence.bits
-            self._configure(max_flows, tcx, filter_bits)
+            self._configure(max_flows, tcx, filter_bits, rules)
             if share_flows_with is not None:
                 self._share_maps(share_flows_with)
-            self._load(shared)
+            self._load(shared, rules, share_flows_with.rules if share_flows_with is not None else None)
         except BaseException:
             self.close()
             raise
@@ -150,7 +161,8 @@ class Program:
         """The object's map called ``name``, or NULL."""
         return self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
 
-    def _configure(self, max_flows: int, tcx: bool, filter_bits: int | None) -> None:
+    def _configure(self, max_flows: int, tcx: bool, filter_bits: int | None,
+                   rules: CompiledRules | None) -> None:
         ffi, lib = self._ffi, self._lib
         self._prog = lib.bpf_object__find_program_by_name(self._obj, self.program_name.encode())
         if self._prog == ffi.NULL:
@@ -171,14 +183,18 @@ class Program:
                 raise ValueError(f"filter_bits must be a power of two from {low} to {high}, not {bits}")
             lib.bpf_map__set_max_entries(filter_map, bits // 64)
             filter_mask = bits - 1
+        count = size_rule_maps(lib, self._map, ffi.NULL, rules, self.path)
         size = ffi.new("size_t *")
         ptr = lib.fl_rodata_var(self._obj, CONFIG_VAR.encode(), size)
         if ptr != ffi.NULL:
             cfg = ffi.new("struct marker_config *",
-                          {"debug": int(self.debug), "l3": int(self.l3), "filter_mask": filter_mask})
+                          {"debug": int(self.debug), "l3": int(self.l3), "filter_mask": filter_mask,
+                           "rules": count, "entropy": entropy_bits()})
+            if size[0] < ffi.sizeof("struct marker_config") and count:
+                raise ObjectError(f"{self.path} predates site rules: its {CONFIG_VAR!r} has no room for them")
             ffi.memmove(ptr, cfg, min(size[0], ffi.sizeof("struct marker_config")))
-        elif self.debug or self.l3:
-            raise ObjectError(f"{self.path} has no {CONFIG_VAR!r} configuration to set debug or l3 in")
+        elif self.debug or self.l3 or count:
+            raise ObjectError(f"{self.path} has no {CONFIG_VAR!r} configuration to set debug, l3 or rules in")
 
     def _share_maps(self, other: Program) -> None:
         """Use the other program's flow map, and its filter and clock with it."""
@@ -187,13 +203,16 @@ class Program:
             raise ObjectError(f"{self.path} or {other.path} has no flow map to share")
         if self._has_filter != (other.flows.presence is not None):
             raise ObjectError(f"{self.path} and {other.path} differ in having a presence filter")
-        names = ("flows", "filter", "clock") if self._has_filter else ("flows",)
+        names: tuple[str, ...] = ("flows", "filter", "clock") if self._has_filter else ("flows",)
+        if other.rules is not None:
+            names += RULE_MAPS
         for name in names:
             err = lib.bpf_map__reuse_fd(self._map(name), lib.bpf_map__fd(other._map(name)))
             if err:
                 raise errno_error(f"sharing the {name} map", err)
 
-    def _load(self, shared: FlowMap | None) -> None:
+    def _load(self, shared: FlowMap | None, rules: CompiledRules | None,
+              shared_rules: RuleMaps | None) -> None:
         ffi, lib = self._ffi, self._lib
         load_object(self._obj, self.path)
         self.prog_fd = int(lib.bpf_program__fd(self._prog))
@@ -211,6 +230,14 @@ class Program:
                                           int(lib.bpf_map__fd(self._map("clock"))))
             self.flows = FlowMap(ffi, lib, int(lib.bpf_map__fd(flows)), int(lib.bpf_map__max_entries(flows)),
                                  presence)
+        if shared_rules is not None:
+            self.rules = shared_rules
+        elif rules:
+            fds = {name: int(lib.bpf_map__fd(self._map(name))) for name in RULE_MAPS}
+            self.rules = RuleMaps(ffi, lib, fds, rules, self._ncpus)
+            if self.flows is not None and self.flows.presence is not None:
+                # A rule's decision for a key may be cached: a new flow must move the generation.
+                self.flows.presence.bump_on_insert = True
 
     # -- facts ----------------------------------------------------------------
 
@@ -284,6 +311,7 @@ class Program:
     def close(self) -> None:
         """Unload: the kernel frees the program once nothing else holds it. Idempotent."""
         self.flows = None  # the filter's mmaps go with the last program that shares them
+        self.rules = None
         if self._obj != self._ffi.NULL:
             self._lib.bpf_object__close(self._obj)
             self._obj = self._ffi.NULL

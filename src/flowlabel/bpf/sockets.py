@@ -1,4 +1,5 @@
-"""The socket watcher: bpf/sockets.bpf.c on the root cgroup, telling of TCP sockets that close."""
+"""The socket watcher: bpf/sockets.bpf.c on the root cgroup, telling of TCP sockets that close
+(and, when asked, of those that are established)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ PROGRAM_NAME = "watch_sockets"
 BATCH = 1024
 
 
-class SocketClosed(NamedTuple):
-    """A TCP socket of this host closed: its ends (16-byte addresses) and ports."""
+class SocketEvent(NamedTuple):
+    """A TCP socket of this host closed (or was established): its ends (16-byte addresses) and ports."""
 
     local: bytes
     remote: bytes
     local_port: int
     remote_port: int
+    established: bool = False
 
 
 def cgroup2_root(mounts: str = "/proc/self/mounts") -> str | None:
@@ -42,10 +44,11 @@ class SocketWatch:
     """The watcher loaded and attached; :attr:`fd` becomes readable when sockets have closed.
 
     MarkerError when it cannot run here (no cgroup v2, a kernel without ring
-    buffers, a missing privilege): the caller falls back to polling.
+    buffers, a missing privilege): the caller falls back to polling. With
+    ``report_established`` it tells of new connections too.
     """
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, report_established: bool = False) -> None:
         self._ffi, self._lib = extension()
         ffi, lib = self._ffi, self._lib
         self._obj: Any = ffi.NULL
@@ -57,6 +60,12 @@ class SocketWatch:
             raise MarkerError("no cgroup v2 hierarchy is mounted: TCP sockets cannot be watched")
         try:
             self._obj = open_object(self.path)
+            if report_established:
+                size = ffi.new("size_t *")
+                flag = lib.fl_rodata_var(self._obj, b"report_established", size)
+                if flag == ffi.NULL:
+                    raise MarkerError(f"{self.path} cannot tell of established connections")
+                ffi.cast("uint8_t *", flag)[0] = 1
             load_object(self._obj, self.path)
             prog = lib.bpf_object__find_program_by_name(self._obj, PROGRAM_NAME.encode())
             events = lib.bpf_object__find_map_by_name(self._obj, b"socket_events")
@@ -79,18 +88,19 @@ class SocketWatch:
         self.cgroup = root
         self._out = ffi.new("struct socket_event[]", BATCH)
 
-    def take(self) -> list[SocketClosed]:
-        """The sockets that closed since the last call."""
+    def take(self) -> list[SocketEvent]:
+        """What happened to sockets since the last call, in order."""
         ffi, lib, out = self._ffi, self._lib, self._out
-        found: list[SocketClosed] = []
+        established = lib.FLOWLABEL_SOCKET_ESTABLISHED
+        found: list[SocketEvent] = []
         while True:
             n = lib.fl_ring_take(self._ring, out, BATCH)
             if n < 0:
                 raise errno_error("reading the socket watcher's ring buffer", n)
             for i in range(n):
                 e = out[i]
-                found.append(SocketClosed(ffi.buffer(e.local)[:], ffi.buffer(e.remote)[:], int(e.local_port),
-                                          int(e.remote_port)))
+                found.append(SocketEvent(ffi.buffer(e.local)[:], ffi.buffer(e.remote)[:], int(e.local_port),
+                                         int(e.remote_port), e.kind == established))
             if n < BATCH:
                 return found
 

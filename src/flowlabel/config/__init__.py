@@ -28,10 +28,13 @@ from .schema import (
     FireflyListener,
     FireflyReceiver,
     FireflySender,
+    Iperf3,
     Marking,
     NamedPipe,
+    Perfsonar,
     Plugins,
     Prometheus,
+    SiteRule,
 )
 
 __all__ = [
@@ -43,11 +46,14 @@ __all__ = [
     "FireflyListener",
     "FireflyReceiver",
     "FireflySender",
+    "Iperf3",
     "Marking",
     "NamedPipe",
+    "Perfsonar",
     "Plugins",
     "Prometheus",
     "Reading",
+    "SiteRule",
     "load",
     "load_reading",
     "parse",

@@ -137,19 +137,18 @@ _FLOWD_READ = (
     "PID_FILE", "WORK_DIR", "NP_API_FILE", "PLUGIN", "BACKEND", "FLOW_MAP_API", "NETWORK_INTERFACE",
     "UDP_FIREFLY_DST", "FIREFLY_LISTENER_HOST", "FIREFLY_LISTENER_PORT", "PROMETHEUS_SRV_PORT",
     "IP_DISCOVERY_ENABLED", "UDP_FIREFLY_NETLINK", "UDP_FIREFLY_WITH_NETLINK", "UDP_FIREFLY_IP4_SRC",
-    "UDP_FIREFLY_IP6_SRC",
+    "UDP_FIREFLY_IP6_SRC", "NETSTAT_EXPERIMENT", "NETSTAT_ACTIVITY", "NETSTAT_INTERNAL_NETWORKS",
+    "NETLINK_EXPERIMENT", "NETLINK_ACTIVITY", "NETLINK_INTERNAL_NETWORKS",
 )
-_FLOWD_UNUSED = (
-    "NETSTAT_EXPERIMENT", "NETSTAT_ACTIVITY", "NETSTAT_INTERNAL_NETWORKS", "NETLINK_EXPERIMENT",
-    "NETLINK_ACTIVITY", "NETLINK_INTERNAL_NETWORKS", "IPERF_FLOW_ID", "IPERF_INTERNAL_NETWORKS",
-    "PROMETHEUS_SS_PATH", "EXPERIMENT",
-)
+_FLOWD_UNUSED = ("IPERF_FLOW_ID", "IPERF_INTERNAL_NETWORKS", "PROMETHEUS_SS_PATH", "EXPERIMENT")
 _FLOWD_PLUGINS_REFUSED = {
-    "netstat": "marking the connections found in the socket table",
-    "netlink": "marking the connections found through sock_diag",
-    "iperf": "marking iperf connections",
-    "iperf_rr": "marking iperf connections",
+    "iperf": "marking iperf connections with flowd's built-in IDs",
+    "iperf_rr": "marking iperf connections with flowd's built-in IDs",
 }
+#: Destinations flowd's netstat and netlink plugins never tag (Python's is_private, as far as an
+#: IPv6 packet on the wire can carry them).
+FLOWD_PRIVATE_IPV6 = ("::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "2001::/23", "64:ff9b:1::/48",
+                      "100::/64")
 _FLOWD_UNSUPPORTED = {
     "IP_DISCOVERY_ENABLED": "discovering the host's public addresses",
     "UDP_FIREFLY_NETLINK": "adding TCP statistics to fireflies",
@@ -190,6 +189,35 @@ def _flowd_settings(text: str, name: str, base: str) -> dict[str, tuple[object, 
     return settings
 
 
+def _connection_rules(prefix: str, get: Any, base: str) -> list[dict[str, Any]]:
+    """flowd's netstat or netlink plugin as site rules: every TCP connection to a destination that is
+    neither private nor in ``*_INTERNAL_NETWORKS`` gets ``*_EXPERIMENT``/``*_ACTIVITY``, with fireflies
+    (flowd announces such connections to its backends). IPv4 networks are dropped: IPv4 has no label."""
+    import ipaddress
+
+    from .schema import ConfigError
+
+    ids = {}
+    for part in ("EXPERIMENT", "ACTIVITY"):
+        key = f"{prefix}_{part}"
+        value = get(key, (str, int))
+        if value is None or value == "":
+            raise ConfigError(key, f"PLUGIN '{prefix.lower()}' needs {key} (an ID or a registry name)")
+        ids[part.lower()] = value
+    internal = get(f"{prefix}_INTERNAL_NETWORKS", (list, tuple), ())
+    networks = list(FLOWD_PRIVATE_IPV6)
+    for n, text in enumerate(internal):
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{prefix}_INTERNAL_NETWORKS[{n}]",
+                              f"{base}: {text!r} is not a network such as '2001:db8::/32'") from None
+        if network.version == 6:
+            networks.append(str(network))
+    return [*({"protocol": "tcp", "remotePrefix": network, "mark": False} for network in networks),
+            {"protocol": "tcp", **ids, "fireflies": True}]
+
+
 def translate_flowd(text: str, name: str, base: str, reading: Reading) -> dict[str, Any]:
     """The configuration tree that a ``flowd.cfg`` asks for.
 
@@ -197,7 +225,8 @@ def translate_flowd(text: str, name: str, base: str, reading: Reading) -> dict[s
     (``NP_API_FILE``; flowd fixes it, flowlabel reads it here as it does
     ``PID_FILE`` and ``WORK_DIR``, flowd's names for the other paths),
     ``firefly`` the listener (``FIREFLY_LISTENER_HOST``/``PORT``, default
-    0.0.0.0:10514). ``BACKEND`` (comma-separated): ``udp_firefly`` sends
+    0.0.0.0:10514); ``netstat`` and ``netlink`` become site rules
+    (:func:`_connection_rules`). ``BACKEND`` (comma-separated): ``udp_firefly`` sends
     fireflies with a syslog header to each flow's destination and, with
     ``UDP_FIREFLY_DST``, to that collector; ``ebpf``/``ebpf_rhel8``/``ebpf_rhel9``
     mark on ``NETWORK_INTERFACE`` (comma-separated); ``prometheus`` serves metrics
@@ -208,12 +237,14 @@ def translate_flowd(text: str, name: str, base: str, reading: Reading) -> dict[s
     settings = _flowd_settings(text, name, base)
     document: dict[str, Any] = {"plugins": {}, "backends": {}}
 
-    def get(key: str, kind: type, default: Any = None) -> Any:
+    def get(key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
         if key not in settings:
             return default
         value, line = settings[key]
-        if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
-            raise ConfigError(key, f"{base} line {line}: expected {kind.__name__}, got {value!r}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or isinstance(value, bool) is not (bool in kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(key, f"{base} line {line}: expected {expected}, got {value!r}")
         return value
 
     def origin(path: str, key: str) -> None:
@@ -241,11 +272,15 @@ def translate_flowd(text: str, name: str, base: str, reading: Reading) -> dict[s
             origin("plugins.firefly", "PLUGIN")
             origin("plugins.firefly.bindAddress", "FIREFLY_LISTENER_HOST")
             origin("plugins.firefly.bindPort", "FIREFLY_LISTENER_PORT")
+        elif plugin in ("netstat", "netlink"):
+            document["rules"] = _connection_rules(plugin.upper(), get, base)
+            origin("rules", "PLUGIN")
         elif plugin in _FLOWD_PLUGINS_REFUSED:
             raise ConfigError("PLUGIN", f"{plugin!r} ({_FLOWD_PLUGINS_REFUSED[plugin]}) is not supported by "
-                                        "flowlabel yet; use 'np_api' or 'firefly'")
+                                        "flowlabel; use 'np_api', 'firefly', 'netstat' or 'netlink'")
         else:
-            raise ConfigError("PLUGIN", f"unknown flowd plugin {plugin!r} (flowlabel reads np_api, firefly)")
+            raise ConfigError("PLUGIN", f"unknown flowd plugin {plugin!r} (flowlabel reads np_api, firefly, "
+                                        "netstat, netlink)")
 
     backends = [b.strip() for b in get("BACKEND", str, "udp_firefly").split(",") if b.strip()]
     for backend in backends:

@@ -58,6 +58,9 @@ def read(document: object, reading: Reading) -> Config:
     return config
 
 
+_KIND_NAMES = {int: "an integer", str: "a string", bool: "a boolean", float: "a number"}
+
+
 def _value(kind: Any, value: object, path: str, canon: str, reading: Reading) -> Any:
     """``value`` checked against the annotation ``kind``.
 
@@ -66,8 +69,21 @@ def _value(kind: Any, value: object, path: str, canon: str, reading: Reading) ->
     """
     origin = typing.get_origin(kind)
     if origin is Union:
-        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-        return None if value is None else _value(inner, value, path, canon, reading)
+        options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if value is None:
+            return None
+        for option in options[:-1]:
+            try:
+                return _value(option, value, path, canon, reading)
+            except ConfigError:
+                continue
+        try:
+            return _value(options[-1], value, path, canon, reading)
+        except ConfigError:
+            if len(options) == 1:
+                raise
+        raise ConfigError(path, f"expected {' or '.join(_KIND_NAMES[o] for o in options)}, "
+                                f"got {show_json(value)}")
     if dataclasses.is_dataclass(kind):
         return _section(kind, value, path, canon, reading)  # type: ignore[arg-type]
     if origin is list:

@@ -21,7 +21,7 @@ import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from ..defaults import (
     API_PORT,
@@ -44,10 +44,13 @@ __all__ = [
     "FireflyListener",
     "FireflyReceiver",
     "FireflySender",
+    "Iperf3",
     "Marking",
     "NamedPipe",
+    "Perfsonar",
     "Plugins",
     "Prometheus",
+    "SiteRule",
 ]
 
 
@@ -106,6 +109,31 @@ def _range(low: float, high: float) -> Check:
         return None if low <= value <= high else f"must be between {low:g} and {high:g}, got {value:g}"
 
     return check
+
+
+def parse_port_range(value: int | str) -> tuple[int, int] | None:
+    """A port (``5201``), or a range as text (``"5201-5210"``, ``"5201"``): (low, high); None if invalid."""
+    if isinstance(value, int):
+        return (value, value) if 0 <= value <= 65535 else None
+    low, dash, high = value.strip().partition("-")
+    if not low.strip().isdigit() or (dash and not high.strip().isdigit()):
+        return None
+    first, last = int(low), int(high) if dash else int(low)
+    return (first, last) if 0 <= first <= last <= 65535 else None
+
+
+def _port_range(value: int | str) -> str | None:
+    if parse_port_range(value) is None:
+        return f"must be a port 0-65535 or a range such as \"5201-5210\", got {json.dumps(value)}"
+    return None
+
+
+def _ipv6_network(value: str) -> str | None:
+    problem = _network(value)
+    if problem is None and ipaddress.ip_network(value, strict=False).version != 6:
+        return (f"{json.dumps(value)} is an IPv4 network; rules match IPv6 packets only "
+                "(the flow label is IPv6's)")
+    return problem
 
 
 def _idle_timeout(value: int) -> str | None:
@@ -256,8 +284,8 @@ class Marking:
     max_flows: int = _opt(MAX_FLOWS, _range(1, MAX_FLOWS_LIMIT))
     debug_mode: bool = _opt(False)
     marking_strategy: str = _opt("label", _marking)
-    #: flowd-go's "mark every packet" (its perfSONAR mode).
-    match_all: bool = _opt(False, _not_supported("marking every packet (matchAll)"))
+    #: flowd-go's "mark every packet" (its perfSONAR mode): with plugins.perfsonar, which gives the IDs.
+    match_all: bool = _opt(False)
     #: Seconds without a packet after which a flow that nothing else ends (UDP, TCP without a local
     #: end) is ended; 0 never.
     idle_timeout: int = _opt(IDLE_TIMEOUT, _idle_timeout)
@@ -362,14 +390,72 @@ class Enrichers:
 
 
 @dataclass(frozen=True)
+class Perfsonar:
+    """``plugins.perfsonar`` (flowd-go): every packet of a flow not announced gets these IDs (a catch-all
+    rule after ``rules``)."""
+
+    #: flowd-go's packaged conf.yaml spells these experimentID and activityID.
+    experiment_id: int = _opt(0, _range(0, 511), aliases=("experimentID",))
+    activity_id: int = _opt(0, _range(0, 63), aliases=("activityID",))
+
+
+@dataclass(frozen=True)
+class Iperf3:
+    """``plugins.iperf3`` (flowd-go): TCP connections in port ranges get one of the ID pairs (a rule
+    after ``rules``, with fireflies); 0 leaves a bound open."""
+
+    min_source_port: int = _opt(0, _port)
+    max_source_port: int = _opt(0, _port)
+    min_destination_port: int = _opt(0, _port)
+    max_destination_port: int = _opt(0, _port)
+    experiment_ids: list[int] = _opt([0, 1, 2], key="experimentIDs")
+    activity_ids: list[int] = _opt([0, 1, 2], key="activityIDs")
+    #: flowd-go picks the pair at random or in turn; flowlabel by the connection's hash.
+    random_ids: bool = _opt(False, key="randomIDs")
+    #: flowd-go's sock_ops watcher; the classifier needs none.
+    cgroup_path: str = _opt("/sys/fs/cgroup")
+    program_path: str = _opt("", lambda v: None if not v else "a custom watcher program is not supported "
+                                                              "(the classifier applies the rule); remove it")
+    debug_mode: bool = _opt(False)
+
+    def __post_init__(self) -> None:
+        if len(self.experiment_ids) != len(self.activity_ids) or not self.experiment_ids:
+            raise ConfigError("plugins.iperf3.activityIDs", "experimentIDs and activityIDs must be lists of "
+                                                            "the same length, one pair of IDs per entry")
+        for low, high, name in ((self.min_source_port, self.max_source_port, "SourcePort"),
+                                (self.min_destination_port, self.max_destination_port, "DestinationPort")):
+            if low and high and low > high:
+                raise ConfigError(f"plugins.iperf3.min{name}", f"min{name} {low} is above max{name} {high}")
+
+
+@dataclass(frozen=True)
+class SiteRule:
+    """One entry of ``rules``: what happens to the packets of flows that nobody announced.
+
+    The first rule that matches decides: a label of ``experiment`` and
+    ``activity`` (IDs or registry names), or, with ``mark`` false, none. Keys
+    left out match anything.
+    """
+
+    protocol: str = _opt("any", _one_of("tcp", "udp", "any", case=False))
+    local_port: Optional[Union[int, str]] = _opt(None, _port_range)
+    remote_port: Optional[Union[int, str]] = _opt(None, _port_range)
+    local_prefix: Optional[str] = _opt(None, _ipv6_network)
+    remote_prefix: Optional[str] = _opt(None, _ipv6_network)
+    experiment: Optional[Union[int, str]] = _opt(None)
+    activity: Optional[Union[int, str]] = _opt(None)
+    mark: bool = _opt(True)
+    #: Send start and end fireflies for the TCP connections of this host that the rule marks.
+    fireflies: bool = _opt(False)
+
+
+@dataclass(frozen=True)
 class Plugins:
     named_pipe: Optional[NamedPipe] = None
     api: Optional[Api] = None
     firefly: Optional[FireflyListener] = None
-    perfsonar: Optional[dict[str, Any]] = _opt(
-        None, _not_supported("marking all traffic with fixed IDs (plugins.perfsonar)"))
-    iperf3: Optional[dict[str, Any]] = _opt(
-        None, _not_supported("turning TCP connections in port ranges into flows (plugins.iperf3)"))
+    perfsonar: Optional[Perfsonar] = None
+    iperf3: Optional[Iperf3] = None
 
 
 @dataclass(frozen=True)
@@ -388,6 +474,8 @@ class Config:
     work_dir: str = _opt("/var/lib/flowlabel", _non_empty)
     plugins: Plugins = _opt(Plugins())
     backends: Backends = _opt(Backends())
+    #: Site rules for the packets of flows nobody announced, in order (the first match decides).
+    rules: list[SiteRule] = _opt([])
     #: flowd-go's TCP statistics sources for enriched fireflies.
     enrichers: Optional[Enrichers] = None
     #: Where experiment and activity names come from: null (the packaged snapshot), a file or a URL.
@@ -400,6 +488,16 @@ class Config:
     #: flowd-go 1.x keys with no meaning here; accepted so that its files load unchanged.
     default_backend: Optional[str] = _opt(None)
     stun_servers: list[str] = _opt([])
+
+    def __post_init__(self) -> None:
+        marker = self.backends.marker
+        catch_all = any(rule.mark and rule.protocol.lower() == "any" and rule.local_port is None
+                        and rule.remote_port is None and rule.local_prefix is None
+                        and rule.remote_prefix is None for rule in self.rules)
+        if marker is not None and marker.match_all and self.plugins.perfsonar is None and not catch_all:
+            raise ConfigError("backends.marker.matchAll", "marks every packet with the IDs of "
+                                                          "plugins.perfsonar; add plugins.perfsonar "
+                                                          "(experimentId, activityId) or a catch-all rule")
 
     @property
     def state_path(self) -> str:

@@ -5,7 +5,7 @@
 ``GET /health``             ``{"status": "ok", ...}``: version, uptime, active flows, interfaces
 ``GET /metrics``            Prometheus text format
 ``GET /openapi.json``       this API in OpenAPI 3.1
-``GET /flows``              ``{"flows": [...]}``: the active flows with their labels
+``GET /flows``              ``{"flows": [...], "rules": [...]}``: the active flows with their labels
 ``POST /flows``             a flow event (``state`` defaults to ``"start"``), or an array of them
 ``POST /flows/end``         end a flow (``state`` defaults to, and must be, ``"end"``)
 ``DELETE /flows``           the same as ``POST /flows/end``
@@ -60,6 +60,8 @@ class DaemonView(EventSink, Protocol):
     """What the API needs from the daemon besides taking events."""
 
     def flows(self) -> list[FlowRecord]: ...
+
+    def rule_list(self) -> list[dict[str, Any]]: ...
 
     def health(self) -> dict[str, Any]: ...
 
@@ -155,7 +157,7 @@ class ApiSource:
                 stats = tcpinfo.of_flow(sockets, record.flow)
                 if stats is not None:
                     item["tcp"] = stats.as_json()
-        return json_response(200, {"flows": listed})
+        return json_response(200, {"flows": listed, "rules": self._daemon.rule_list()})
 
     def _post(self, request: Request) -> Response:
         return self._events(request, "start", forced=False)
