@@ -131,9 +131,10 @@ struct {
 } rule_ports SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, struct rule_class);
+	__type(key, __u32);
 	__type(value, struct rule_candidates);
 } rule_candidates SEC(".maps");
 
@@ -484,15 +485,17 @@ static __always_inline int net_matches(const __u64 *addr, const __u64 *net, cons
 /* The first rule that matches the flow: 1 + its number; 0 if none does. */
 static __always_inline __u32 first_rule(const union flow_key_words *kw, struct flow_rule **found)
 {
-	struct rule_class cls = {};
 	struct rule_candidates *cand;
+	__u32 local, remote, idx;
 
-	cls.local = port_class(0, kw->key.sport);
-	cls.remote = port_class(FLOWLABEL_PORT_WORDS, kw->key.dport);
-	if (!cls.local || !cls.remote)
+	local = port_class(0, kw->key.sport);
+	if (!local)
 		return 0;
-	cls.proto = kw->key.proto;
-	cand = bpf_map_lookup_elem(&rule_candidates, &cls);
+	remote = port_class(FLOWLABEL_PORT_WORDS, kw->key.dport);
+	if (!remote)
+		return 0;
+	idx = ((kw->key.proto == IPPROTO_UDP ? cfg.local_classes : 0) + local) * cfg.remote_classes + remote;
+	cand = bpf_map_lookup_elem(&rule_candidates, &idx);
 	if (!cand)
 		return 0;
 #pragma unroll
@@ -500,8 +503,9 @@ static __always_inline __u32 first_rule(const union flow_key_words *kw, struct f
 		__u32 n = cand->rule[i];
 		struct flow_rule *r;
 
-		if (n == FLOWLABEL_RULE_END)
+		if (!n)
 			break;
+		n -= 1;
 		r = bpf_map_lookup_elem(&rules, &n);
 		if (!r)
 			break;

@@ -114,8 +114,8 @@ struct flow_clock {
 };
 
 /*
- * Site rules (backends.marker.rules): what the classifier does with a TCP or
- * UDP packet whose flow is not in the map. The rules apply in their order,
+ * Site rules (the configuration's rules): what the classifier does with a TCP
+ * or UDP packet whose flow is not in the map. The rules apply in their order,
  * the first that matches deciding; user space compiles them into four maps,
  * all sized by the loader:
  *   rule_ports       mmapable array of __u64 words: the class of every local
@@ -123,10 +123,14 @@ struct flow_clock {
  *                    of every remote port in the FLOWLABEL_PORT_WORDS after,
  *                    port p (host order) in bits 16 * (p % 4) of word p / 4.
  *                    Ports of one class are allowed by the same rules; class
- *                    0 by none.
- *   rule_candidates  hash map: for a protocol, a local and a remote class,
- *                    the rules that allow all three, in their order: at most
- *                    FLOWLABEL_RULE_CANDIDATES, then FLOWLABEL_RULE_END.
+ *                    0 by none. cfg.local_classes and cfg.remote_classes count
+ *                    the classes, 0 included.
+ *   rule_candidates  mmapable array of struct rule_candidates, one for every
+ *                    protocol (TCP 0, UDP 1), local class and remote class, at
+ *                    (protocol * local_classes + local) * remote_classes +
+ *                    remote: the rules that allow all three, in their order,
+ *                    as 1 + the rule's number; 0 ends the list. At most
+ *                    FLOWLABEL_MAX_CANDIDATE_LISTS of them.
  *   rules            array of struct flow_rule by rule number: the prefixes
  *                    that must match too, and what the rule does.
  *   rule_hits        per-CPU array of __u64: packets each rule decided.
@@ -136,15 +140,8 @@ struct flow_clock {
  */
 #define FLOWLABEL_MAX_RULES 1024
 #define FLOWLABEL_RULE_CANDIDATES 16
-#define FLOWLABEL_RULE_END 0xFFFF
 #define FLOWLABEL_PORT_WORDS 16384
-
-struct rule_class {
-	__u16 local;
-	__u16 remote;
-	__u8 proto;
-	__u8 pad[3];
-};
+#define FLOWLABEL_MAX_CANDIDATE_LISTS 262144
 
 struct rule_candidates {
 	__u16 rule[FLOWLABEL_RULE_CANDIDATES];
@@ -174,6 +171,9 @@ struct marker_config {
 	__u16 rules;       /* site rules in the maps above; 0: none, and no code for them runs */
 	__u32 filter_mask; /* filter bits - 1; 0: no filter, every packet is looked up */
 	__u32 entropy[32]; /* the label bits that each 5-bit entropy value sets */
+	__u16 local_classes;  /* rule_ports' classes of local ports, class 0 included */
+	__u16 remote_classes; /* and of remote ports */
+	__u32 pad;
 };
 
 /* ---- cffi's cdef stops here: what follows is compiled, not parsed. ---- */

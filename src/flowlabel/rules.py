@@ -49,12 +49,13 @@ __all__ = [
     "network_words",
 ]
 
-#: What marker.h allows: rules, candidate rules per protocol and port classes, labels per rule.
+#: What marker.h allows: rules, candidate rules per protocol and port classes, labels per rule,
+#: candidate lists (protocols x local port classes x remote port classes).
 MAX_RULES = 1024
 MAX_CANDIDATES = 16
 MAX_IDS = 8
-#: Candidate lists the classifier's table holds at most.
-MAX_CANDIDATE_LISTS = 1 << 16
+MAX_CANDIDATE_LISTS = 262144
+#: The protocols, in the order of the classifier's candidate table.
 PROTOCOLS = {"tcp": 6, "udp": 17}
 _NAMES = {number: name for name, number in PROTOCOLS.items()}
 _PORTS = 1 << 16
@@ -146,11 +147,24 @@ class CompiledRules:
     rules: tuple[Rule, ...]
     #: 2 * FLOWLABEL_PORT_WORDS words: the local ports' classes, then the remote ports'.
     port_words: array[int]
+    #: Classes of local and of remote ports, class 0 (no rule) included.
+    local_classes: int
+    remote_classes: int
     #: (protocol, local class, remote class) -> rule numbers, in order.
     candidates: dict[tuple[int, int, int], list[int]]
 
     def __len__(self) -> int:
         return len(self.rules)
+
+    @property
+    def candidate_lists(self) -> int:
+        """Entries of the classifier's candidate table: every protocol and pair of classes."""
+        return len(PROTOCOLS) * self.local_classes * self.remote_classes
+
+    def candidate_index(self, protocol: int, local: int, remote: int) -> int:
+        """Where the candidates of a protocol and pair of classes are in the table (marker.h)."""
+        proto = list(PROTOCOLS.values()).index(protocol)
+        return (proto * self.local_classes + local) * self.remote_classes + remote
 
 
 def _classes(ranges: list[PortRange]) -> tuple[list[int], list[list[int]]]:
@@ -185,6 +199,11 @@ def compile_rules(rules: list[Rule]) -> CompiledRules:
         raise ConfigError(rules[MAX_RULES].where, f"at most {MAX_RULES} rules, got {len(rules)}")
     local, local_members = _classes([r.local_ports for r in rules])
     remote, remote_members = _classes([r.remote_ports for r in rules])
+    lists = len(PROTOCOLS) * len(local_members) * len(remote_members)
+    if rules and lists > MAX_CANDIDATE_LISTS:
+        raise ConfigError(rules[-1].where, f"the rules' port ranges make {len(local_members)} classes of "
+                                           f"local and {len(remote_members)} of remote ports, too many "
+                                           "combinations for the classifier's table: use fewer ranges")
     local_classes: list[list[int]] = [[] for _ in rules]
     remote_classes: list[list[int]] = [[] for _ in rules]
     for classes, members in ((local_classes, local_members), (remote_classes, remote_members)):
@@ -201,14 +220,11 @@ def compile_rules(rules: list[Rule]) -> CompiledRules:
                     if len(found) == MAX_CANDIDATES:
                         shared = ", ".join(rules[m].where for m in found)
                         raise ConfigError(rule.where, f"more than {MAX_CANDIDATES} rules apply to the same "
-                                                    f"{_NAMES[proto]} ports ({shared}, and this one); the "
-                                                    "classifier tries at most that many, merge some of them")
+                                                      f"{_NAMES[proto]} ports ({shared}, and this one); the "
+                                                      "classifier tries at most that many: merge some")
                     found.append(n)
-            if len(candidates) > MAX_CANDIDATE_LISTS:
-                raise ConfigError(rule.where, "the rules' port ranges overlap in too many ways for the "
-                                            "classifier's table; use fewer distinct ranges")
     words = array("Q", _words(local) + _words(remote))
-    return CompiledRules(tuple(rules), words, candidates)
+    return CompiledRules(tuple(rules), words, len(local_members), len(remote_members), candidates)
 
 
 def network_words(network: ipaddress.IPv6Network) -> tuple[list[int], list[int]]:

@@ -189,7 +189,9 @@ class Program:
         if ptr != ffi.NULL:
             cfg = ffi.new("struct marker_config *",
                           {"debug": int(self.debug), "l3": int(self.l3), "filter_mask": filter_mask,
-                           "rules": count, "entropy": entropy_bits()})
+                           "rules": count, "entropy": entropy_bits(),
+                           "local_classes": rules.local_classes if rules else 0,
+                           "remote_classes": rules.remote_classes if rules else 0})
             if size[0] < ffi.sizeof("struct marker_config") and count:
                 raise ObjectError(f"{self.path} predates site rules: its {CONFIG_VAR!r} has no room for them")
             ffi.memmove(ptr, cfg, min(size[0], ffi.sizeof("struct marker_config")))

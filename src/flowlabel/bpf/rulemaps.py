@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import struct
 from typing import Any, Callable
 
 from ..errors import ObjectError
@@ -34,10 +35,17 @@ def size_rule_maps(lib: Any, find: Callable[[str], Any], null: Any, rules: Compi
     ports, candidates, table, hits = maps
     count = len(rules) if rules else 0
     lib.bpf_map__set_max_entries(ports, 2 * lib.FLOWLABEL_PORT_WORDS if count else 1)
-    lib.bpf_map__set_max_entries(candidates, max(len(rules.candidates), 1) if rules else 1)
+    lib.bpf_map__set_max_entries(candidates, rules.candidate_lists if rules else 1)
     lib.bpf_map__set_max_entries(table, max(count, 1))
     lib.bpf_map__set_max_entries(hits, max(count, 1))
     return count
+
+
+def _write_mapped(fd: int, data: bytes | bytearray) -> None:
+    """Write ``data`` at the start of an mmapable array map."""
+    with mmap.mmap(fd, -(-len(data) // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED,
+                   mmap.PROT_READ | mmap.PROT_WRITE) as mapped:
+        mapped[:len(data)] = data
 
 
 class RuleMaps:
@@ -48,10 +56,7 @@ class RuleMaps:
         self._hits_fd = fds["rule_hits"]
         self._ncpus = ncpus
         self.rules = rules
-        size = len(rules.port_words) * 8
-        with mmap.mmap(fds["rule_ports"], -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED,
-                       mmap.PROT_READ | mmap.PROT_WRITE) as ports:
-            ports[:size] = rules.port_words.tobytes()
+        _write_mapped(fds["rule_ports"], rules.port_words.tobytes())
         entry = ffi.new("struct flow_rule *")
         index = ffi.new("uint32_t *")
         for n, rule in enumerate(rules.rules):
@@ -62,13 +67,14 @@ class RuleMaps:
             entry.count = len(labels)
             index[0] = n
             self._update(fds["rules"], index, entry, "writing a rule")
-        key = ffi.new("struct rule_class *")
-        value = ffi.new("struct rule_candidates *")
-        end = lib.FLOWLABEL_RULE_END
+        table = bytearray(rules.candidate_lists * ffi.sizeof("struct rule_candidates"))
+        entry_size, slots = ffi.sizeof("struct rule_candidates"), lib.FLOWLABEL_RULE_CANDIDATES
+        packer = struct.Struct(f"={slots}H")
         for (proto, local, remote), numbers in rules.candidates.items():
-            key.local, key.remote, key.proto = local, remote, proto
-            value.rule = numbers + [end] * (lib.FLOWLABEL_RULE_CANDIDATES - len(numbers))
-            self._update(fds["rule_candidates"], key, value, "writing the rules' candidates")
+            # 1 + each rule's number; 0 ends the list.
+            packer.pack_into(table, rules.candidate_index(proto, local, remote) * entry_size,
+                             *[n + 1 for n in numbers], *[0] * (slots - len(numbers)))
+        _write_mapped(fds["rule_candidates"], table)
 
     def _update(self, fd: int, key: Any, value: Any, what: str) -> None:
         err = self._lib.bpf_map_update_elem(fd, key, value, 0)
