@@ -235,6 +235,16 @@ def network_words(network: ipaddress.IPv6Network) -> tuple[list[int], list[int]]
             [int.from_bytes(mask[:8], sys.byteorder), int.from_bytes(mask[8:], sys.byteorder)])
 
 
+def _ports(value: int | str | None) -> PortRange:
+    """A rule's port or range as the configuration gives it (checked there); None: any."""
+    parsed = parse_port_range(value) if value is not None else None
+    return PortRange(*parsed) if parsed is not None else ANY_PORTS
+
+
+def _network(value: str | None) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(value, strict=False) if value is not None else ANY_NETWORK
+
+
 def from_config(config: Config, registry: Registry) -> list[Rule]:
     """The rules ``config`` asks for: ``rules`` in order, then ``plugins.iperf3``'s, then
     ``plugins.perfsonar``'s catch-all. Names are looked up in ``registry``; a bad rule is a
@@ -255,12 +265,9 @@ def from_config(config: Config, registry: Registry) -> list[Rule]:
                 raise ConfigError(where, str(exc)) from None
         elif entry.experiment is not None or entry.activity is not None:
             raise ConfigError(where, "a rule with mark false gives no label; remove experiment and activity")
-        ports = [PortRange(*(parse_port_range(p) or (0, 0))) if p is not None else ANY_PORTS
-                 for p in (entry.local_port, entry.remote_port)]
-        networks = [ipaddress.IPv6Network(p, strict=False) if p is not None else ANY_NETWORK
-                    for p in (entry.local_prefix, entry.remote_prefix)]
-        found.append(Rule(where, ids, PROTOCOLS.get(entry.protocol.lower()), ports[0], ports[1], networks[0],
-                          networks[1], entry.fireflies))
+        found.append(Rule(where, ids, PROTOCOLS.get(entry.protocol.lower()),
+                          _ports(entry.local_port), _ports(entry.remote_port),
+                          _network(entry.local_prefix), _network(entry.remote_prefix), entry.fireflies))
     iperf3 = config.plugins.iperf3
     if iperf3 is not None:
         found.append(Rule(

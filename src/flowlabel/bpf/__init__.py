@@ -6,8 +6,12 @@
   of the classifier.
 - :mod:`.flowmap`: :class:`~.flowmap.FlowMap`, the one writer of the flow map, its
   presence filter and its clock (cache generation and idle epoch).
+- :mod:`.rulemaps`: :class:`~.rulemaps.RuleMaps`, the site rules' tables, written once,
+  and the packets each rule decided.
 - :mod:`.attach`: :class:`~.attach.Attachment`, a program on an interface's egress
   (TCX link or cls_bpf filter), and the per-interface lock.
+- :mod:`.sockets`: :class:`~.sockets.SocketWatch`, bpf/sockets.bpf.c's user-space partner:
+  TCP sockets that close (or are established).
 - :mod:`.features`: what the running kernel offers, probed.
 
 :class:`flowlabel.marker.Marker` composes them.
