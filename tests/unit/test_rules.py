@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
+from pathlib import Path
 
 import pytest
 
 from flowlabel import config
-from flowlabel.config import ConfigError
+from flowlabel.config import ConfigError, load_reading
+from flowlabel.config.show import render
 from flowlabel.registry import Registry
 from flowlabel.rules import (
     ANY_PORTS,
@@ -87,3 +91,11 @@ def test_rules_from_the_configuration() -> None:
              remote_net=ipaddress.IPv6Network("2001:db8::/32"), fireflies=True),
         Rule("rules[1]", (), None, ANY_PORTS, PortRange(22, 22)),
     ]
+
+
+def test_flowlabel_config_shows_each_key_of_each_rule(tmp_path: Path) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"rules": [{"remotePort": "5201-5210", "experiment": 2, "activity": 1}]}))
+    lines = render(*load_reading(str(path)))
+    assert any(re.match(r'rules\[0\]\.remotePort = "5201-5210" +# rules\.json$', line) for line in lines)
+    assert any(re.match(r"rules\[0\]\.localPort = null +# default$", line) for line in lines)

@@ -20,7 +20,7 @@ def _leaves(value: Any, path: str) -> list[tuple[str, Any]]:
             found.extend(_leaves(getattr(value, spec.name), f"{path}.{key}" if path else key))
         return found
     if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-        return [(path, [dataclasses.asdict(item) for item in value])]
+        return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{path}[{i}]")]
     return [(path, value)]
 
 
