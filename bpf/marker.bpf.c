@@ -160,6 +160,15 @@ struct {
 #define FLOWLABEL_BENCH_COLD_CACHE 0
 #endif
 
+/*
+ * Benchmarks build with -DFLOWLABEL_BENCH_WRITE=N to take the write apart
+ * (docs/performance.md): 1 writes nothing, 2 stores through the packet
+ * pointer where it can, 3 loads the word through a helper instead.
+ */
+#ifndef FLOWLABEL_BENCH_WRITE
+#define FLOWLABEL_BENCH_WRITE 0
+#endif
+
 /* Set by the loader in .rodata: the verifier then prunes what is off. */
 const volatile struct marker_config cfg = {};
 
@@ -600,7 +609,18 @@ static __always_inline void handle(struct __sk_buff *skb)
 	 * it if that fails; the helper unshares only the packets it writes.
 	 */
 	new_word = (p.word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) | bpf_htonl(label & FLOWLABEL_LABEL_MASK);
+#if FLOWLABEL_BENCH_WRITE == 0
 	bpf_skb_store_bytes(skb, p.ip6_off, &new_word, sizeof(new_word), 0);
+#elif FLOWLABEL_BENCH_WRITE == 2
+	if (p.ip6_off == sizeof(struct eth_hdr) &&
+	    (void *)(long)skb->data + sizeof(struct eth_hdr) + 4 <= (void *)(long)skb->data_end)
+		*(__be32 *)((void *)(long)skb->data + sizeof(struct eth_hdr)) = new_word;
+#elif FLOWLABEL_BENCH_WRITE == 3
+	if (!bpf_skb_load_bytes(skb, p.ip6_off, &new_word, sizeof(new_word)) && new_word == 0x12345678)
+		count(FLOWLABEL_CNT_UNPARSED);
+#else
+	(void)new_word;
+#endif
 	count(FLOWLABEL_CNT_MARKED);
 	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(p.kw.key.sport),
 	      bpf_ntohs(p.kw.key.dport), label);

@@ -23,7 +23,13 @@ time per packet (per skb: TCP hands the device ~64 KB GSO packets). The ratio
 marker / empty of each round is what the targets bound; the table shows the
 median over the rounds and its range. A second figure is the CPU time of the
 whole process per GB moved, marker / empty: what the classifier adds to the
-path as a whole. Needs root.
+path as a whole.
+
+A second table takes a marked packet's cost apart: the marker compiled from
+the checkout with -DFLOWLABEL_BENCH_WRITE=1 (no write), 2 (a direct store,
+which makes the verifier unclone every packet first) and 3 (a load through a
+helper in place of the write), on the one-flow TCP, the UDP and the unmarked
+TCP rows (``--no-variants`` skips it; it needs clang). Needs root.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from typing import Any, NamedTuple
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "bench"))
 
-from bench_classifier import baseline_object  # noqa: E402
+from bench_classifier import baseline_object, compile_bpf  # noqa: E402
 
 from flowlabel.bpf.attach import Attachment  # noqa: E402
 from flowlabel.bpf.program import Program  # noqa: E402
@@ -59,6 +65,9 @@ from support.netns import A, B, Namespace, veth_pair  # noqa: E402
 #: Marker time per packet as a multiple of the empty classifier's on the same traffic.
 TARGETS = {"tcp_1_marked": 1.6, "tcp_4_marked": 2.0, "udp_marked": 1.6, "tcp_unmarked": 1.2, "ipv4": 1.1}
 ROWS = tuple(TARGETS)
+#: -DFLOWLABEL_BENCH_WRITE values (bpf/marker.bpf.c) and the rows they run on.
+VARIANTS = {1: "no write", 2: "direct store", 3: "a helper load instead"}
+VARIANT_ROWS = ("tcp_1_marked", "udp_marked", "tcp_unmarked")
 A4, B4 = "10.99.0.1", "10.99.0.2"
 LABEL = 0x5C175
 CHUNK = 1 << 16
@@ -239,21 +248,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flows", type=int, default=10_000, help="other flows in the map")
     parser.add_argument("--rows", nargs="*", choices=ROWS, default=list(ROWS))
     parser.add_argument("--object", type=Path, help="marker object (default: the installed one)")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="skip the builds that take the write apart")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
 
     cpu = max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     results: dict[str, dict[str, Any]] = {}
+    variants: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp, bpf_stats(), Namespace() as a, Namespace() as b:
         ifname, peer = veth_pair(a, b, A, B)
         a.ip("addr", "add", f"{A4}/24", "dev", ifname)
         b.ip("addr", "add", f"{B4}/24", "dev", peer)
-        with Program(args.object or bundled_object()) as marker, \
-                Program(baseline_object(bundled_object(), Path(tmp)), program="baseline_egress") as empty:
-            fill(marker, args.flows, random.Random(5))
-            for row in args.rows:
-                results[row] = measure_row(row, a, b, ifname, marker, empty, args.rounds, args.seconds)
+        objects: dict[str, Path] = {"marker": args.object or bundled_object()}
+        if not args.no_variants:
+            for n, name in VARIANTS.items():
+                workdir = Path(tmp) / f"write{n}"
+                workdir.mkdir()
+                objects[name] = compile_bpf("marker", workdir, f"FLOWLABEL_BENCH_WRITE={n}")
+        with Program(baseline_object(bundled_object(), Path(tmp)), program="baseline_egress") as empty:
+            for name, path in objects.items():
+                with Program(path) as marker:
+                    fill(marker, args.flows, random.Random(5))
+                    rows = args.rows if name == "marker" else [r for r in args.rows if r in VARIANT_ROWS]
+                    found = {row: measure_row(row, a, b, ifname, marker, empty, args.rounds, args.seconds)
+                             for row in rows}
+                if name == "marker":
+                    results = found
+                else:
+                    variants[name] = found
 
     print(f"real traffic over veth, {args.flows:,} other flows in the map, {args.rounds} rounds of "
           f"{args.seconds} s per program, CPU {cpu}, kernel {platform.release()}")
@@ -266,11 +290,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['bytes_per_packet']:>7.0f} {r['cpu_per_gb_ratio']:>6.3f}x {r['target']:>7.2f}x "
               f"{'PASS' if r['met'] else 'MISS'}")
     print("ns: per skb from the kernel's BPF statistics; CPU/GB: process CPU per GB moved, marker / empty")
+    if variants:
+        print("\nthe write taken apart (marker.bpf.c built with FLOWLABEL_BENCH_WRITE), ns per packet")
+        print(f"{'build':<24}" + "".join(f"{row:>14}" for row in VARIANT_ROWS))
+        print(f"{'the marker':<24}" + "".join(f"{results[row]['marker_ns']:>14.0f}" for row in VARIANT_ROWS
+                                               if row in results))
+        for name, found in variants.items():
+            print(f"{name:<24}" + "".join(f"{found[row]['marker_ns']:>14.0f}" for row in VARIANT_ROWS
+                                          if row in found))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"benchmark": "traffic", "kernel": platform.release(), "cpu": cpu,
                                          "rounds": args.rounds, "seconds": args.seconds, "flows": args.flows,
-                                         "results": results}, indent=2) + "\n")
+                                         "results": results, "write_variants": variants}, indent=2) + "\n")
     missed = [row for row, r in results.items() if not r["met"]]
     return 1 if args.strict and missed else 0
 
