@@ -6,7 +6,6 @@ Namespace ``a`` (fd00::1) runs a Marker with rules; ``b`` (fd00::2) captures.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -15,11 +14,10 @@ from flowlabel.flow import Flow
 from flowlabel.label import decode
 from flowlabel.marker import Marker
 from flowlabel.rules import ANY_PORTS, PortRange, Rule, compile_rules
-from support.netns import A, B, Capture, Packet, Pair
+from support.netns import A, B, Packet, Pair
 
 pytestmark = pytest.mark.netns
 
-ULA = ipaddress.IPv6Network("fd00::/8")
 TCP, UDP = 6, 17
 
 
@@ -34,34 +32,6 @@ def marker_with(pair: Pair, *rules: Rule) -> Marker:
         return Marker([pair.if_a], rules=compile_rules(list(rules)))
 
 
-def tcp_packets(pair: Pair, sport: int, dport: int, nbytes: int = 64 << 10) -> list[Packet]:
-    """Every packet a -> b of one TCP connection from its SYN (captured on b)."""
-    with pair.b.entered():
-        capture = Capture(pair.if_b)
-        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    try:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((B, dport))
-        server.listen(1)
-        with pair.a.entered():
-            client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        with client:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            client.bind((A, sport))
-            client.connect((B, dport))
-            conn, _ = server.accept()
-            with conn:
-                client.sendall(b"r" * nbytes)
-                client.shutdown(socket.SHUT_WR)
-                while conn.recv(1 << 16):
-                    pass
-        capture.drain(quiet=0.2)
-        return capture.of(sport, dport)
-    finally:
-        server.close()
-        capture.close()
-
-
 def only_label(packets: list[Packet]) -> int:
     labels = {p.label for p in packets}
     assert len(labels) == 1, f"one label per connection, got {sorted(map(hex, labels))}"
@@ -70,12 +40,12 @@ def only_label(packets: list[Packet]) -> int:
 
 def test_a_rule_marks_a_tcp_connection_from_its_syn(pair: Pair) -> None:
     with marker_with(pair, Rule("rules[0]", ((2, 15),), TCP, ANY_PORTS, PortRange(5201, 5210))) as marker:
-        packets = tcp_packets(pair, 40001, 5205)
+        packets = pair.tcp_packets(40001, 5205)
         syn = [p for p in packets if p.tcp_flags & 0x02]
         assert len(syn) == 1 and len(packets) > 3
         label = decode(only_label(packets))
         assert (label.experiment, label.activity) == (2, 15)
-        assert only_label(tcp_packets(pair, 40002, 80)) == 0  # not the rule's port
+        assert only_label(pair.tcp_packets(40002, 80)) == 0  # not the rule's port
         assert marker.rule_hits()[0] == len(packets)
 
 
@@ -91,7 +61,7 @@ def test_the_first_matching_rule_decides_and_an_exemption_leaves_packets_alone(p
     rules = (Rule("rules[0]", (), TCP, remote_net=ipaddress.IPv6Network(f"{B}/128")),
              Rule("rules[1]", ((2, 1),)))
     with marker_with(pair, *rules) as marker:
-        assert only_label(tcp_packets(pair, 40003, 5001)) == 0  # exempt: TCP to b
+        assert only_label(pair.tcp_packets(40003, 5001)) == 0  # exempt: TCP to b
         (udp,) = pair.labels([(6002, 7002)])[(6002, 7002)]
         assert decode(udp).experiment == 2  # UDP is not exempt: the catch-all marks it
         hits = marker.rule_hits()
@@ -110,7 +80,7 @@ def test_an_announced_flow_wins_over_a_rule_even_once_the_rule_decided(pair: Pai
 
 def test_perfsonar_mode_marks_everything_with_stable_entropy_per_connection(pair: Pair) -> None:
     with marker_with(pair, Rule("plugins.perfsonar", ((7, 2),))):
-        labels = [only_label(tcp_packets(pair, 41000 + i, 5000 + i, nbytes=8 << 10)) for i in range(6)]
+        labels = [only_label(pair.tcp_packets(41000 + i, 5000 + i, nbytes=8 << 10)) for i in range(6)]
         assert {(decode(label).experiment, decode(label).activity) for label in labels} == {(7, 2)}
         assert len({decode(label).entropy for label in labels}) > 1  # chosen per connection
         udp = pair.labels([(6004, 7004)], count=5)[(6004, 7004)]

@@ -155,6 +155,10 @@ class Pair:
 
     def tcp_labels(self, sport: int, dport: int, nbytes: int = 256 << 10) -> set[int]:
         """Labels of the packets of one TCP connection a -> b (handshake and data), seen on b."""
+        return {p.label for p in self.tcp_packets(sport, dport, nbytes)}
+
+    def tcp_packets(self, sport: int, dport: int, nbytes: int = 256 << 10) -> list[Packet]:
+        """Every packet a -> b of one TCP connection, from its SYN, as captured on b."""
         with self.b.entered():
             capture = Capture(self.if_b)
             server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -177,7 +181,7 @@ class Pair:
                         received += len(chunk)
             assert received == nbytes
             capture.drain(quiet=0.2)
-            return {p.label for p in capture.of(sport, dport)}
+            return capture.of(sport, dport)
         finally:
             server.close()
             capture.close()
