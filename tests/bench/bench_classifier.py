@@ -103,16 +103,18 @@ def find_clang() -> str:
 
 
 def libbpf_includes() -> list[str]:
-    """-I for libbpf's bpf/bpf_helpers.h: the system's, or the build's static-deps cache."""
+    """-I for libbpf's bpf/bpf_helpers.h: the system's, or the static dependencies' (nox -s deps, or
+    the build's own cache)."""
     if Path("/usr/include/bpf/bpf_helpers.h").is_file():
         return []
-    cache = Path(os.environ.get("FLOWLABEL_DEPS_CACHE")
-                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowlabel-deps")
-    for include in sorted(cache.glob("*/include"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if (include / "bpf" / "bpf_helpers.h").is_file():
-            return ["-I", str(include)]
+    caches = [ROOT / "build" / "deps", Path(os.environ.get("FLOWLABEL_DEPS_CACHE")
+              or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowlabel-deps")]
+    found = [include for cache in caches for include in cache.glob("*/include")
+             if (include / "bpf" / "bpf_helpers.h").is_file()]
+    if found:
+        return ["-I", str(max(found, key=lambda p: p.stat().st_mtime))]
     raise SystemExit("libbpf's headers are needed to compile bpf/baseline.bpf.c "
-                     "(apt-get install libbpf-dev, or build the wheel once to fill the deps cache)")
+                     "(apt-get install libbpf-dev, or run nox -s deps)")
 
 
 def compile_bpf(name: str, workdir: Path, *defines: str) -> Path:
