@@ -230,11 +230,12 @@ class Daemon:
 
         assert self.registry is not None
         try:
-            compiled = compile_rules(from_config(self.config, self.registry))
+            rules = from_config(self.config, self.registry)
+            if not rules:
+                return None
+            compiled = compile_rules(rules)
         except ConfigError as exc:
             raise StartupError(f"configuration: {exc}") from None
-        if not compiled.rules:
-            return None
         self.rules = list(compiled.rules)
         self._listeners.append(f"{len(compiled.rules)} site rules")
         if self.config.backends.marker is None:

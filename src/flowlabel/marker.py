@@ -124,8 +124,7 @@ class Marker:
         if prog is None:
             other = next(iter(self._programs.values()), None)
             prog = Program(self._program_path, debug=self._debug, l3=l3, max_flows=self.max_flows,
-                           tcx=self._tcx, share_flows_with=other,
-                           rules=self._rules if other is None else None)
+                           tcx=self._tcx, share_flows_with=other, rules=self._rules)
             self._programs[l3] = prog
             if prog.flows is None:
                 raise MarkerError(f"{prog.path} has no flow map")

@@ -27,6 +27,7 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from .bpf.ext import extension
 from .config.schema import ConfigError, parse_port_range
 from .label import LabelError, encode
 
@@ -49,12 +50,13 @@ __all__ = [
     "network_words",
 ]
 
-#: What marker.h allows: rules, candidate rules per protocol and port classes, labels per rule,
-#: candidate lists (protocols x local port classes x remote port classes).
-MAX_RULES = 1024
-MAX_CANDIDATES = 16
-MAX_IDS = 8
-MAX_CANDIDATE_LISTS = 262144
+#: What the classifier's tables hold (bpf/marker.h): rules, candidate rules per protocol and
+#: port classes, labels per rule, candidate lists (protocols x local x remote port classes).
+_lib = extension()[1]
+MAX_RULES = int(_lib.FLOWLABEL_MAX_RULES)
+MAX_CANDIDATES = int(_lib.FLOWLABEL_RULE_CANDIDATES)
+MAX_IDS = int(_lib.FLOWLABEL_RULE_LABELS)
+MAX_CANDIDATE_LISTS = int(_lib.FLOWLABEL_MAX_CANDIDATE_LISTS)
 #: The protocols, in the order of the classifier's candidate table.
 PROTOCOLS = {"tcp": 6, "udp": 17}
 _NAMES = {number: name for name, number in PROTOCOLS.items()}

@@ -93,7 +93,7 @@ class EbpfBackend:
             program_path=cfg.program,
             debug=cfg.debug_mode,
             max_flows=cfg.max_flows,
-            rules=self._compiled if self.rules else None,
+            rules=self._compiled,
         )
         self._indexes = {name: _ifindex(name) for name in targets}
         failed = self._add([(record.key, record.label) for record in records])
