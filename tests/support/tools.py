@@ -1,0 +1,24 @@
+"""Command-line checkers the tests run (actionlint, kubernetes-validate, ...), from the test
+environment, which `nox -s tests` fills from noxfile.TEST_DEPS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def tool(name: str, package: str) -> str:
+    """The path of ``name``; without it the test skips, naming ``package``, or fails under
+    FLOWLABEL_REQUIRE_KERNEL=1 (CI), where nothing may skip for want of a tool."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        why = f"{name} is not installed (pip install {package}; `nox -s tests` installs it)"
+        if os.environ.get("FLOWLABEL_REQUIRE_KERNEL") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
