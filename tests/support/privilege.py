@@ -68,14 +68,19 @@ def _effective() -> int:
 
 
 def as_the_unit(memlock: str | None = None) -> tuple[str, ...]:
-    """A command prefix: the unit's LimitMEMLOCK (or ``memlock``), then only its capabilities.
+    """A command prefix: the unit's LimitMEMLOCK (or ``memlock``), then only its capabilities."""
+    return with_capabilities(unit_capabilities(), memlock or unit_settings()["LimitMEMLOCK"][0])
+
+
+def with_capabilities(names: list[str], memlock: str) -> tuple[str, ...]:
+    """A command prefix: RLIMIT_MEMLOCK ``memlock``, then only the capabilities ``names``.
 
     The limit is set while the caller still has CAP_SYS_RESOURCE; setpriv then
-    keeps root's uid but bounds every capability set to the unit's.
+    keeps root's uid but bounds every capability set to ``names``.
     """
     setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
     if setpriv is None or prlimit is None:
-        pytest.skip("setpriv and prlimit (util-linux) are needed to run as the systemd unit does")
-    caps = ",".join("+" + name.removeprefix("CAP_").lower() for name in unit_capabilities())
-    return (*_memlock_prefix(prlimit, memlock or unit_settings()["LimitMEMLOCK"][0]),
-            setpriv, f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--")
+        pytest.skip("setpriv and prlimit (util-linux) are needed to run with only some capabilities")
+    caps = ",".join("+" + name.removeprefix("CAP_").lower() for name in names)
+    return (*_memlock_prefix(prlimit, memlock), setpriv, f"--bounding-set=-all,{caps}", "--inh-caps=-all",
+            "--")
