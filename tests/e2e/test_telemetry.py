@@ -111,6 +111,15 @@ def test_a_sweep_of_many_sockets_finds_each_once(pair: Pair) -> None:
         server.close()
 
 
+#: flowd-go 2.x's per-flow metrics (backends/prometheus/metrics.go).
+FLOWD_GO_FLOW_GAUGES = {f"flow_tcp_{name}" for name in (
+    "retrans", "rto", "ato", "rtt", "rtt_var", "minrtt", "pmtu", "mss", "rcvmss", "advmss", "cwnd", "ssthresh",
+    "bytes_sent_total", "bytes_acked_total", "bytes_received_total", "segs_out_total", "segs_in_total",
+    "data_segs_out_total", "data_segs_in_total", "lastsnd", "lastrcv", "lastack", "pacing_rate",
+    "delivery_rate", "delivered", "busy", "rwnd_limited", "rcv_space", "rcv_ssthresh", "rcv_snd_wnd",
+    "rcv_ca_info")}
+
+
 def test_per_flow_gauges_carry_flowd_gos_names_and_stay_bounded(pair: Pair, tmp_path: Path,
                                                                  daemons: list[Daemon]) -> None:
     daemon = Daemon.standard(pair, tmp_path, backends={
@@ -148,6 +157,16 @@ def test_per_flow_gauges_carry_flowd_gos_names_and_stay_bounded(pair: Pair, tmp_
     assert f'src="{A}"' in name and f'dst="{B}"' in name and 'exp="7"' in name and 'flavour="netlink"' in name
     assert metrics[name.replace("flow_tcp_rtt{", "flow_tcp_bytes_acked_total{")] >= 0
     assert listed[sport]["tcp"]["snd_mss"] == metrics[name.replace("flow_tcp_rtt{", "flow_tcp_mss{")]
+    # All 31 of flowd-go's per-flow gauges, for the exported flow only.
+    exported = {key.split("{")[0] for key in metrics if key.startswith("flow_tcp_") and name[13:-1] in key}
+    assert exported == FLOWD_GO_FLOW_GAUGES
+    path = {key: value for key, value in metrics.items() if key.startswith("flow_tcp_")}
+    assert path[name.replace("flow_tcp_rtt{", "flow_tcp_pmtu{")] == 1500  # the veth's MTU
+    # The MTU less the IPv6 and TCP headers, and TCP options on some kernels.
+    assert 1400 <= path[name.replace("flow_tcp_rtt{", "flow_tcp_advmss{")] <= 1500 - 40 - 20
+    assert path[name.replace("flow_tcp_rtt{", "flow_tcp_segs_out_total{")] >= 2  # SYN and ACK
+    (ca,) = [key for key in path if key.startswith("flow_tcp_rcv_ca_info{")]
+    assert path[ca] == 1 and 'alg="' in ca
 
 
 def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
