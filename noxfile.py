@@ -80,9 +80,9 @@ def bpf(session: nox.Session) -> None:
                 f"-DPython_EXECUTABLE={session.virtualenv.location}/bin/python")
     session.run("cmake", "--build", str(tree), "--target", "bpf_objects")
     BPF_OBJECTS.mkdir(parents=True, exist_ok=True)
-    for name in ("marker.bpf.o", "sockets.bpf.o"):
-        (BPF_OBJECTS / name).write_bytes((tree / name).read_bytes())
-        session.log(f"{BPF_OBJECTS / name}: {hashlib.sha256((tree / name).read_bytes()).hexdigest()}")
+    for built in sorted(tree.glob("*.bpf.o")):
+        (BPF_OBJECTS / built.name).write_bytes(built.read_bytes())
+        session.log(f"{BPF_OBJECTS / built.name}: {hashlib.sha256(built.read_bytes()).hexdigest()}")
 
 
 @nox.session
