@@ -24,7 +24,7 @@ import json
 from operator import itemgetter
 from typing import Any, Callable
 
-__all__ = ["COMPATIBLE", "FULL", "LEAN", "MODES", "Encoder", "members", "netlink", "usage"]
+__all__ = ["COMPATIBLE", "FULL", "LEAN", "LEAN_FIELDS", "MODES", "Encoder", "members", "netlink", "usage"]
 
 #: flowd-go's tcpInfo member names, by tcp_info field (full mode).
 FULL = {
@@ -52,6 +52,8 @@ LEAN = {
     "snd_ssthresh": "sndSsThresh", "snd_cwnd": "sndCwnd", "advmss": "advMss", "min_rtt": "minRtt",
     "delivery_rate": "deliveryRate", "bytes_sent": "bytesSent",
 }
+#: The tcp_info fields the lean shape reads: its members and the usage block's.
+LEAN_FIELDS = (*LEAN, "bytes_received", "bytes_acked")
 _MS = 1000
 _STATE_NAMES = {1: "established", 2: "syn-sent", 3: "syn-recv", 4: "fin-wait-1", 5: "fin-wait-2",
                 6: "time-wait", 7: "unconnected", 8: "close-wait", 9: "last-ack", 10: "listening",

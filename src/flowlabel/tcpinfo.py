@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["TCP_INFO_FIELDS", "TcpStats", "of_flow", "sweep", "sweep_info"]
+__all__ = ["TCP_INFO_FIELDS", "TcpStats", "of_flow", "sweep", "sweep_fields", "sweep_info"]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -169,7 +169,62 @@ def sweep_info(family: int = socket.AF_INET6) -> dict[Socket, dict[str, Any]]:
     return found
 
 
-def _dump(family: int, found: dict[Socket, Any], *, full: bool) -> None:
+def sweep_fields(names: tuple[str, ...], family: int = socket.AF_INET6) -> dict[Socket, dict[str, Any]]:
+    """The ``tcp_info`` fields ``names`` of every open TCP socket, and ``cong``: :func:`sweep_info`
+    with only those fields unpacked, for callers that need a few."""
+    found: dict[Socket, Any] = {}
+    _dump(family, found, full=True, unpack=_picker(names))
+    return found
+
+
+def _field_offsets() -> dict[str, tuple[int, str]]:
+    """Where each named tcp_info field is: (offset, struct code); the bit fields are left out."""
+    offsets = {"state": (0, "B"), "ca_state": (1, "B"), "retransmits": (2, "B"), "probes": (3, "B"),
+               "backoff": (4, "B"), "options": (5, "B")}
+    at = 8
+    for name, code in TCP_INFO_FIELDS:
+        offsets[name] = (at, code)
+        at += struct.calcsize("=" + code)
+    return offsets
+
+
+_OFFSETS = _field_offsets()
+_PICKERS: dict[tuple[str, ...], Callable[[bytes | bytearray, int, int], dict[str, Any]]] = {}
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[bytes | bytearray, int, int], dict[str, Any]]:
+    """A function that unpacks the fields ``names`` of a tcp_info (one struct for all of them)."""
+    picker = _PICKERS.get(names)
+    if picker is not None:
+        return picker
+    unknown = [name for name in names if name not in _OFFSETS]
+    if unknown:
+        raise ValueError(f"not tcp_info fields: {', '.join(unknown)}")
+    ordered = sorted(names, key=lambda name: _OFFSETS[name][0])
+    fmt, at = "=", 0
+    for name in ordered:
+        offset, code = _OFFSETS[name]
+        fmt += (f"{offset - at}x" if offset > at else "") + code
+        at = offset + struct.calcsize("=" + code)
+    whole = struct.Struct(fmt)
+
+    def pick(buffer: bytes | bytearray, at: int, size: int) -> dict[str, Any]:
+        if size >= whole.size:
+            return dict(zip(ordered, whole.unpack_from(buffer, at)))
+        # An older kernel's shorter tcp_info: the fields past its end are absent.
+        found = {}
+        for name in ordered:
+            offset, code = _OFFSETS[name]
+            if offset + struct.calcsize("=" + code) <= size:
+                found[name] = struct.unpack_from("=" + code, buffer, at + offset)[0]
+        return found
+
+    _PICKERS[names] = pick
+    return pick
+
+
+def _dump(family: int, found: dict[Socket, Any], *, full: bool,
+          unpack: Callable[[bytes | bytearray, int, int], dict[str, Any]] = _info_dict) -> None:
     extensions = 1 << (INET_DIAG_INFO - 1)
     if full:
         extensions |= 1 << (INET_DIAG_CONG - 1)
@@ -209,7 +264,7 @@ def _dump(family: int, found: dict[Socket, Any], *, full: bool) -> None:
                         if not full:
                             found[key] = _unpack(buffer, attr + attr_size, attr_len - attr_size)
                             break
-                        info = _info_dict(buffer, attr + attr_size, attr_len - attr_size)
+                        info = unpack(buffer, attr + attr_size, attr_len - attr_size)
                     elif attr_type == INET_DIAG_CONG and full:
                         payload = attr + attr_size
                         cong = bytes(buffer[payload : attr + attr_len]).split(b"\0")[0].decode()

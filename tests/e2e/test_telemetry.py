@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from e2e_support import Daemon
 
-from flowlabel import tcpinfo
+from flowlabel import enrichment, tcpinfo
 from support.netns import A, B, Pair
 
 pytestmark = pytest.mark.netns
@@ -113,8 +113,9 @@ def test_a_sweep_of_many_sockets_finds_each_once(pair: Pair) -> None:
 
 #: flowd-go 2.x's per-flow metrics (backends/prometheus/metrics.go).
 FLOWD_GO_FLOW_GAUGES = {f"flow_tcp_{name}" for name in (
-    "retrans", "rto", "ato", "rtt", "rtt_var", "minrtt", "pmtu", "mss", "rcvmss", "advmss", "cwnd", "ssthresh",
-    "bytes_sent_total", "bytes_acked_total", "bytes_received_total", "segs_out_total", "segs_in_total",
+    "retrans", "rto", "ato", "rtt", "rtt_var", "minrtt", "pmtu", "mss", "rcvmss", "advmss", "cwnd",
+    "ssthresh", "bytes_sent_total", "bytes_acked_total", "bytes_received_total", "segs_out_total",
+    "segs_in_total",
     "data_segs_out_total", "data_segs_in_total", "lastsnd", "lastrcv", "lastack", "pacing_rate",
     "delivery_rate", "delivered", "busy", "rwnd_limited", "rcv_space", "rcv_ssthresh", "rcv_snd_wnd",
     "rcv_ca_info")}
@@ -229,3 +230,26 @@ def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daem
         stop.set()
         sender.join(10)
         tcp.close()
+
+
+def test_a_few_fields_read_as_the_whole_tcp_info_has_them(pair: Pair) -> None:
+    """The lean enrichment's sweep unpacks only its fields: the same values as the full one."""
+    tcp = pair.tcp_connection()
+    try:
+        tcp.client.sendall(b"x" * 70_000)
+        got = 0
+        while got < 70_000:
+            got += len(tcp.accepted.recv(1 << 20))
+        time.sleep(0.3)  # idle: the numbers stay put between the two reads
+        with pair.a.entered():
+            few = tcpinfo.sweep_fields(enrichment.LEAN_FIELDS)
+            whole = tcpinfo.sweep_info()
+        assert list(few) == list(whole) and len(few) == 1
+        (info,) = few.values()
+        assert set(info) == {*enrichment.LEAN_FIELDS, "cong"}
+        assert info == {name: whole[key][name] for key in few for name in info}
+        assert info["bytes_sent"] == 70_000 and info["pmtu"] == 1500
+    finally:
+        tcp.close()
+    with pytest.raises(ValueError, match="not tcp_info fields: rtt_us"):
+        tcpinfo.sweep_fields(("rtt", "rtt_us"))

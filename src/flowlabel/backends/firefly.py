@@ -75,7 +75,11 @@ class FireflyBackend:
 
     def ongoing(self, records: list[FlowRecord]) -> int:
         """An ongoing firefly for each TCP flow of ``records`` with a socket here; how many were sent."""
-        sockets = tcpinfo.sweep_info() if any(r.flow.protocol == "tcp" for r in records) else {}
+        sockets: dict[Any, dict[str, Any]] = {}
+        if any(r.flow.protocol == "tcp" for r in records):
+            # The lean shape needs a dozen fields, the others all of tcp_info.
+            lean = self.config.enrichment_mode == "lean"
+            sockets = tcpinfo.sweep_fields(enrichment.LEAN_FIELDS) if lean else tcpinfo.sweep_info()
         current = times.format_time(times.now())
         header = syslog_header(current) if self.config.prepend_syslog else ""
         members = self._encoder.members
