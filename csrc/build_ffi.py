@@ -17,6 +17,7 @@ from cffi import FFI
 HERE = pathlib.Path(__file__).resolve().parent
 MARKER_H = HERE.parent / "bpf" / "marker.h"
 SOCKETS_H = HERE.parent / "bpf" / "sockets.h"
+TCPSTATS_H = HERE.parent / "bpf" / "tcpstats.h"
 
 # __u64 is the kernel's own type (asm-generic/int-ll64.h on every architecture):
 # unsigned long long, which an array of uint64_t (unsigned long) in a struct would not match.
@@ -33,6 +34,7 @@ struct bpf_link;
 struct bpf_object_open_opts;
 struct bpf_tcx_opts;
 struct bpf_map_batch_opts;
+struct bpf_iter_attach_opts;
 
 enum bpf_attach_type { BPF_TCX_EGRESS, ... };
 enum bpf_map_type { BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, ... };
@@ -53,6 +55,9 @@ int bpf_program__set_expected_attach_type(struct bpf_program *prog, enum bpf_att
 struct bpf_link *bpf_program__attach_tcx(const struct bpf_program *prog, int ifindex,
                                          const struct bpf_tcx_opts *opts);
 struct bpf_link *bpf_program__attach_cgroup(const struct bpf_program *prog, int cgroup_fd);
+struct bpf_link *bpf_program__attach_iter(const struct bpf_program *prog,
+                                          const struct bpf_iter_attach_opts *opts);
+int bpf_iter_create(int link_fd);
 int bpf_link__destroy(struct bpf_link *link);
 int bpf_link__fd(const struct bpf_link *link);
 
@@ -129,6 +134,7 @@ def make_ffi() -> FFI:
     ffi.cdef(glue_cdef())
     ffi.cdef(marker_cdef())
     ffi.cdef(marker_cdef(SOCKETS_H))
+    ffi.cdef(marker_cdef(TCPSTATS_H))
     ffi.cdef(MARKER_FUNCTIONS_CDEF)
     ffi.set_source(
         "flowlabel._bpf",
@@ -138,6 +144,7 @@ def make_ffi() -> FFI:
 #include "glue.h"
 #include "marker.h"
 #include "sockets.h"
+#include "tcpstats.h"
 """,
     )
     return ffi

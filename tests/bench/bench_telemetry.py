@@ -1,4 +1,4 @@
-"""The cost of per-flow TCP statistics: one sock_diag sweep of 10,000 active TCP flows.
+"""The cost of per-flow TCP statistics: one sweep of 10,000 active TCP flows.
 
 Usage::
 
@@ -6,10 +6,14 @@ Usage::
 
 Opens ``--flows`` TCP connections from namespace a to namespace b over a veth
 pair (the server holds its ends in a process of its own), then times, in a, a
-sweep of every socket's ``tcp_info`` (:func:`flowlabel.tcpinfo.sweep`) and the
-matching of each flow to its socket, as ``GET /flows`` does. The figure is the
-CPU a refresh of every flow once a second would take, in percent of one core,
-from the median of ``--sweeps``. Target: <= 5 %.
+sweep of every socket's ``tcp_info`` by sock_diag (:func:`flowlabel.tcpinfo.sweep`)
+and the matching of each flow to its socket, as ``GET /flows`` does. The figure
+is the CPU a refresh of every flow once a second would take, in percent of one
+core, from the median of ``--sweeps``. Target: <= 5 %.
+
+The same sweep by a BPF iterator (bpf/tcpstats.bpf.c, tests/bench/tcpstats_iterator.py)
+is timed in the same rounds, interleaved, after checking that both read the same
+numbers: the measurement that decides which of the two the daemon uses.
 
 A second figure, without a target: the CPU of one round of enriched ongoing
 fireflies (``enrich``) for the same flows, in each enrichment mode, written and
@@ -25,8 +29,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from tcpstats_iterator import TcpStatsIterator
 
 from flowlabel import config, tcpinfo
 from flowlabel.backends.firefly import FireflyBackend
@@ -148,14 +155,20 @@ def main(argv: list[str] | None = None) -> int:
                     clients.append(c)
             assert server.stdout.readline().strip() == "accepted"
             flows = [Flow.of("tcp", A, B, c.getsockname()[1], PORT) for c in clients]
-            seconds = []
+            seconds: list[float] = []
+            iterator_seconds: list[float] = []
             matched = 0
+            with pair.a.entered(), tempfile.TemporaryDirectory() as workdir, \
+                    TcpStatsIterator(Path(workdir)) as iterator:
+                if iterator.sweep() != tcpinfo.sweep():
+                    raise SystemExit("the BPF iterator and sock_diag read different numbers")
+                for _ in range(args.sweeps):  # interleaved, so both see the same machine
+                    for sweep, times in ((iterator.sweep, iterator_seconds), (tcpinfo.sweep, seconds)):
+                        began = time.process_time()
+                        sockets = sweep()
+                        matched = sum(tcpinfo.of_flow(sockets, flow) is not None for flow in flows)
+                        times.append(time.process_time() - began)
             with pair.a.entered():
-                for _ in range(args.sweeps):
-                    began = time.process_time()
-                    sockets = tcpinfo.sweep()
-                    matched = sum(tcpinfo.of_flow(sockets, flow) is not None for flow in flows)
-                    seconds.append(time.process_time() - began)
                 fireflies = enriched_rounds(flows)
                 scrape = scrape_cost(flows)
         finally:
@@ -166,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(30)
     floor = sending_floor(args.flows)
     median = statistics.median(seconds)
+    iterator_median = statistics.median(iterator_seconds)
     percent = median * 100.0  # of one core, refreshing once a second
     ok = percent <= TARGET_PERCENT and matched == args.flows
     print(f"{'figure':<46} {'value':>10} {'target':>10}  result")
@@ -178,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
           f"({floor * 100:.1f} % of a core at a 1 s period)")
     print(f"  a scrape of the per-flow gauges (1,000 of {args.flows:,} flows exported): "
           f"{scrape * 1000:.0f} ms CPU")
+    print(f"  the same by the BPF iterator: median {iterator_median * 1000:.1f} ms CPU "
+          f"(sock_diag's time / the iterator's: {median / iterator_median:.2f})")
     print(f"  one sweep and match: median {median * 1000:.1f} ms CPU, min {min(seconds) * 1000:.1f} ms, "
           f"max {max(seconds) * 1000:.1f} ms over {args.sweeps}; {matched:,} of {args.flows:,} flows matched")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"flows": args.flows, "sweep_cpu_seconds": seconds,
                                          "ongoing_firefly_round_cpu_seconds": fireflies,
+                                         "bpf_iterator_sweep_cpu_seconds": iterator_seconds,
                                          "flow_metrics_scrape_cpu_seconds": scrape,
                                          "datagram_sending_floor_cpu_seconds": floor,
                                          "percent_of_core_at_1s": percent, "matched": matched,
