@@ -13,7 +13,10 @@ the per-CPU cache sees the packets in the order the CPU sends them):
   64 KiB pieces, so their packets interleave on the CPU;
 - tcp_unmarked: one IPv6 TCP connection that is not in the map;
 - udp_marked: IPv6 UDP datagrams of 1,200 bytes, in the map;
-- ipv4: one IPv4 TCP connection.
+- ipv4: one IPv4 TCP connection;
+- tcp_1_labelled: one IPv6 TCP connection in the map whose sender sets the
+  same label itself (the flow label manager, as XRootD's packet marking does):
+  the classifier finds the label right and leaves the packet alone.
 
 ``--flows`` other flows are in the map too. For every row and round, the
 empty classifier (bpf/baseline.bpf.c) and the marker are attached in turn to
@@ -42,6 +45,7 @@ import platform
 import random
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import threading
@@ -63,7 +67,8 @@ from flowlabel.netif import link  # noqa: E402
 from support.netns import A, B, Namespace, veth_pair  # noqa: E402
 
 #: Marker time per packet as a multiple of the empty classifier's on the same traffic.
-TARGETS = {"tcp_1_marked": 1.6, "tcp_4_marked": 2.0, "udp_marked": 1.6, "tcp_unmarked": 1.2, "ipv4": 1.1}
+TARGETS = {"tcp_1_marked": 1.6, "tcp_4_marked": 2.0, "udp_marked": 1.6, "tcp_unmarked": 1.2, "ipv4": 1.1,
+           "tcp_1_labelled": 1.6}
 ROWS = tuple(TARGETS)
 #: -DFLOWLABEL_BENCH_WRITE values (bpf/marker.bpf.c) and the rows they run on.
 VARIANTS = {1: "no write", 2: "direct store", 3: "a helper load instead"}
@@ -99,6 +104,18 @@ def bpf_stats() -> Iterator[None]:
         STATS_SYSCTL.write_text(before)
 
 
+def sender_sets_label(sock: socket.socket, dst: str, label: int) -> None:
+    """Have the kernel write ``label`` into every packet ``sock`` sends to ``dst`` (flow label manager,
+    IPV6_FLOWINFO_SEND; the address's flowinfo at connect names it), as XRootD's packet marking does."""
+    ipv6_flowlabel_mgr, ipv6_flowinfo_send = 32, 33
+    get, exclusive, create = 0, 1, 1
+    # struct in6_flowlabel_req: destination, label (network order), action, share, flags, expires, linger
+    request = struct.pack("=16s4sBBHHH4x", ipaddress.ip_address(dst).packed, label.to_bytes(4, "big"), get,
+                          exclusive, create, 0, 0)
+    sock.setsockopt(socket.IPPROTO_IPV6, ipv6_flowlabel_mgr, request)
+    sock.setsockopt(socket.IPPROTO_IPV6, ipv6_flowinfo_send, 1)
+
+
 class Traffic:
     """Streams from namespace a to b that run until closed; ``moved`` counts bytes received."""
 
@@ -118,6 +135,8 @@ class Traffic:
             clients = [socket.socket(family, proto) for _ in range(streams)]
             for c in clients:
                 c.bind((src, 0))
+                if kind == "tcp_labelled":
+                    sender_sets_label(c, dst, LABEL)
         if kind == "udp":
             server.settimeout(0.2)
             self._spawn(self._drain_udp, server)
@@ -126,7 +145,7 @@ class Traffic:
         else:
             server.listen(streams)
             for c in clients:
-                c.connect((dst, port))
+                c.connect((dst, port, LABEL, 0) if kind == "tcp_labelled" else (dst, port))
                 conn, _ = server.accept()
                 conn.settimeout(0.2)
                 self._spawn(self._drain_tcp, conn)
@@ -203,7 +222,7 @@ def fill(program: Program, count: int, rng: random.Random) -> None:
 
 def measure_row(row: str, a: Namespace, b: Namespace, ifname: str, marker: Program, empty: Program,
                 rounds: int, seconds: float) -> dict[str, Any]:
-    kind = {"udp_marked": "udp", "ipv4": "ipv4"}.get(row, "tcp")
+    kind = {"udp_marked": "udp", "ipv4": "ipv4", "tcp_1_labelled": "tcp_labelled"}.get(row, "tcp")
     traffic = Traffic(a, b, kind, 4 if row == "tcp_4_marked" else 1)
     flows = marker.flows
     assert flows is not None
