@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-from contextlib import suppress
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from bench_classifier import compile_bpf
 
 from flowlabel import tcpinfo
-from flowlabel.bpf.ext import errno_error, extension
+from flowlabel.bpf.ext import KernelObject, errno_error, extension
 from flowlabel.bpf.program import load_object, open_object
 from flowlabel.errors import MarkerError
 
@@ -51,7 +50,7 @@ def record_layout(ffi: Any) -> tuple[struct.Struct, tuple[str, ...]]:
     return layout, tuple(names)
 
 
-class TcpStatsIterator:
+class TcpStatsIterator(KernelObject):
     """The iterator loaded and attached; :meth:`read` walks the sockets of the calling thread's
     network namespace."""
 
@@ -111,13 +110,3 @@ class TcpStatsIterator:
         if self._obj != ffi.NULL:
             lib.bpf_object__close(self._obj)
             self._obj = ffi.NULL
-
-    def __enter__(self) -> TcpStatsIterator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with suppress(Exception):
-            self.close()

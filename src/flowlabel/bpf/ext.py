@@ -10,8 +10,9 @@ import errno
 import os
 import struct
 import sys
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import MarkerError, MissingPrivilegeError, NotSupportedError, ObjectError
 
@@ -30,6 +31,27 @@ def extension() -> tuple[Any, Any]:
             f"the flowlabel._bpf extension is missing ({exc}); install flowlabel from its wheel"
         ) from exc
     return _bpf.ffi, _bpf.lib
+
+
+_Owner = TypeVar("_Owner", bound="KernelObject")
+
+
+class KernelObject:
+    """Holds kernel objects (programs, links, maps) until :meth:`close`, which a ``with`` block
+    and garbage collection call too."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Owner) -> _Owner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            self.close()
 
 
 def libbpf_version() -> str:

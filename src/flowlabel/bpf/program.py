@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from ..errors import MissingPrivilegeError, ObjectError, VerifierError
-from .ext import bundled_object, counter_names, errno_error, extension
+from .ext import KernelObject, bundled_object, counter_names, errno_error, extension
 from .features import memlock_advice, memlock_charged, raise_memlock_limit
 from .flowmap import FlowMap, PresenceFilter
 from .rulemaps import RULE_MAPS, RuleMaps, entropy_bits, size_rule_maps
@@ -99,7 +98,7 @@ def load_object(obj: Any, path: Path) -> None:
     )
 
 
-class Program:
+class Program(KernelObject):
     """One opened, configured and loaded copy of the classifier.
 
     ``path`` is a BPF object file (default: the one shipped in the package).
@@ -317,13 +316,3 @@ class Program:
         if self._obj != self._ffi.NULL:
             self._lib.bpf_object__close(self._obj)
             self._obj = self._ffi.NULL
-
-    def __enter__(self) -> Program:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with suppress(Exception):
-            self.close()

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import os
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import MarkerError
-from .ext import bundled_object, errno_error, extension
+from .ext import KernelObject, bundled_object, errno_error, extension
 from .program import load_object, open_object
 
 PROGRAM_NAME = "watch_sockets"
@@ -40,7 +39,7 @@ def cgroup2_root(mounts: str = "/proc/self/mounts") -> str | None:
     return None
 
 
-class SocketWatch:
+class SocketWatch(KernelObject):
     """The watcher loaded and attached; :attr:`fd` becomes readable when sockets have closed.
 
     MarkerError when it cannot run here (no cgroup v2, a kernel without ring
@@ -116,13 +115,3 @@ class SocketWatch:
         if self._obj != ffi.NULL:
             lib.bpf_object__close(self._obj)
             self._obj = ffi.NULL
-
-    def __enter__(self) -> SocketWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with suppress(Exception):
-            self.close()
