@@ -158,6 +158,10 @@ def copy_root(base: Path, work: Path) -> None:
     # the site's CA certificates (a TLS-inspecting proxy), which ca-certificates picks up when
     # the quick start installs it.
     shutil.copy("/etc/resolv.conf", work / "etc" / "resolv.conf")
+    # debootstrap leaves today's package lists; Debian's container and cloud images have none, and
+    # an installed machine's go stale: the quick start must not rely on them.
+    for lists in (work / "var" / "lib" / "apt" / "lists").glob("*_*"):
+        lists.unlink()
     site_cas = Path("/usr/local/share/ca-certificates")
     if site_cas.is_dir():
         shutil.copytree(site_cas, work / site_cas.relative_to("/"), dirs_exist_ok=True)
@@ -239,10 +243,10 @@ class Fresh:
             self.nsenter("mount", *args, source, r + target)
             self.mounts.append(r + target)
 
-    def nsenter(self, *command: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    def nsenter(self, *command: str) -> None:
         assert self.holder is not None
-        return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-n", "-m", "-C", *command],
-                              check=True, preexec_fn=self._join_cgroup, **kwargs)  # type: ignore[call-overload]
+        subprocess.run(["nsenter", "-t", str(self.holder.pid), "-n", "-m", "-C", *command],
+                       check=True, preexec_fn=self._join_cgroup)
 
     def shell(self, line: str) -> list[str]:
         """A login shell's command in the fresh root: bash -c LINE in the checkout."""
@@ -361,9 +365,10 @@ def quickstart(fresh: Fresh, commands: list[str], after: list[str], work: Path, 
                 raise Failed(f"the daemon was still running {STOP_TIMEOUT:.0f} s after Ctrl-C") from None
             text = output.read_text(errors="replace")
             print(tail(text, 12))
-            if "stopping" not in text or "Traceback" in text:
-                raise Failed("the daemon did not stop cleanly after Ctrl-C (see its output above)")
-            log(f"second line exited with status {status} after Ctrl-C")
+            if status != 0 or "stopping" not in text or "Traceback" in text:
+                raise Failed(f"the daemon did not stop cleanly after Ctrl-C: the second line exited with "
+                             f"status {status} (see its output above)")
+            log("second line exited with status 0 after Ctrl-C")
     finally:
         if daemon.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -375,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--timeout", type=float, default=3600,
                         help="seconds each quick-start line may take (default: %(default)s)")
-    parser.add_argument("--mirror", default="http://deb.debian.org/debian", help="Debian mirror for debootstrap")
+    parser.add_argument("--mirror", default="http://deb.debian.org/debian",
+                        help="Debian mirror for debootstrap (default: %(default)s)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("fresh: error: needs root (debootstrap, chroot, namespaces)", file=sys.stderr)
