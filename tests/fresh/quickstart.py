@@ -342,6 +342,7 @@ def quickstart(fresh: Fresh, commands: list[str], after: list[str], work: Path, 
                         fresh.run(listing.split("#")[0], 30).returncode == 0:
                     break
                 time.sleep(3)
+        seen = len(output.read_text(errors="replace"))
         print(tail(output.read_text(errors="replace"), 8))
         with step("flow event and listing", times):
             log(f"$ {event}")
@@ -363,8 +364,8 @@ def quickstart(fresh: Fresh, commands: list[str], after: list[str], work: Path, 
                 status = daemon.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 raise Failed(f"the daemon was still running {STOP_TIMEOUT:.0f} s after Ctrl-C") from None
-            text = output.read_text(errors="replace")
-            print(tail(text, 12))
+            text = output.read_text(errors="replace")[seen:]
+            print(text.rstrip())
             if status != 0 or "stopping" not in text or "Traceback" in text:
                 raise Failed(f"the daemon did not stop cleanly after Ctrl-C: the second line exited with "
                              f"status {status} (see its output above)")
