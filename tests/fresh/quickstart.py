@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import os
 import re
@@ -44,6 +45,7 @@ CHECKOUT = "/root/flowlabel"
 #: A fresh root login's environment; nothing of the host's leaks in.
 FRESH_ENV = ["HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/bash", "TERM=dumb",
              "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+PR_SET_PDEATHSIG = 1
 #: How long the daemon has to shut down after Ctrl-C.
 STOP_TIMEOUT = 60.0
 
@@ -158,13 +160,13 @@ def copy_root(base: Path, work: Path) -> None:
     # the site's CA certificates (a TLS-inspecting proxy), which ca-certificates picks up when
     # the quick start installs it.
     shutil.copy("/etc/resolv.conf", work / "etc" / "resolv.conf")
+    site_cas = Path("/usr/local/share/ca-certificates")
+    if site_cas.is_dir():
+        shutil.copytree(site_cas, work / site_cas.relative_to("/"), dirs_exist_ok=True)
     # debootstrap leaves today's package lists; Debian's container and cloud images have none, and
     # an installed machine's go stale: the quick start must not rely on them.
     for lists in (work / "var" / "lib" / "apt" / "lists").glob("*_*"):
         lists.unlink()
-    site_cas = Path("/usr/local/share/ca-certificates")
-    if site_cas.is_dir():
-        shutil.copytree(site_cas, work / site_cas.relative_to("/"), dirs_exist_ok=True)
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
                             "--exclude-standard"], check=True, capture_output=True).stdout
     files = b"\0".join(f for f in files.split(b"\0") if f and (ROOT / os.fsdecode(f)).exists())
@@ -204,6 +206,16 @@ class Fresh:
     def _join_cgroup(self) -> None:  # runs in the child between fork and exec
         (self.cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
+    @staticmethod
+    def _die_with_parent() -> None:
+        """SIGKILL when this script dies, even by SIGKILL: the namespaces' holder and slirp4netns
+        must not outlive it (the mounts go with the holder)."""
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def _hold(self) -> None:
+        self._join_cgroup()
+        self._die_with_parent()
+
     def __enter__(self) -> Fresh:
         try:
             self._start()
@@ -220,16 +232,25 @@ class Fresh:
         # A process that holds the namespaces; its cgroup becomes the cgroup namespace's root.
         self.holder = subprocess.Popen(
             ["unshare", "--net", "--mount", "--cgroup", "--propagation", "private", "sleep", "infinity"],
-            preexec_fn=self._join_cgroup)
-        time.sleep(0.2)
-        if self.holder.poll() is not None:
-            raise Failed("unshare --net --mount --cgroup failed")
+            preexec_fn=self._hold)
+        # Nothing may enter the holder before it has left the host's namespaces: the mounts and
+        # slirp4netns' tap0 would land on the host.
+        for _ in range(100):
+            if self.holder.poll() is not None:
+                raise Failed(f"unshare --net --mount --cgroup failed with status {self.holder.returncode}")
+            with contextlib.suppress(OSError):
+                if all(os.readlink(f"/proc/{self.holder.pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+                       for ns in ("net", "mnt", "cgroup")):
+                    break
+            time.sleep(0.05)
+        else:
+            raise Failed("unshare did not enter new network, mount and cgroup namespaces within 5 s")
         self.nsenter("ip", "link", "set", "lo", "up")
         read, write = os.pipe()
         self.slirp = subprocess.Popen(
             ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
              "--ready-fd", str(write), str(self.holder.pid), "tap0"],
-            pass_fds=(write,), stdout=subprocess.DEVNULL)
+            pass_fds=(write,), stdout=subprocess.DEVNULL, preexec_fn=self._die_with_parent)
         os.close(write)
         with os.fdopen(read, "rb") as ready:
             if ready.read(1) != b"1":
@@ -387,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("fresh: error: needs root (debootstrap, chroot, namespaces)", file=sys.stderr)
         return 2
+    # SIGTERM unwinds like Ctrl-C does, through the clean-up of the namespaces and mounts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     times: dict[str, float] = {}
     start = time.monotonic()
     try:
