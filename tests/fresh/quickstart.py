@@ -228,6 +228,13 @@ class Fresh:
         self.close()
 
     def _start(self) -> None:
+        # A run killed by SIGKILL leaves its (then empty) cgroup behind.
+        for stale in self.cgroup.parent.glob("flowlabel-fresh-*"):
+            if not Path("/proc", stale.name.rsplit("-", 1)[1]).exists():
+                try:
+                    stale.rmdir()
+                except OSError as exc:
+                    log(f"cannot remove the cgroup {stale} of an earlier run: {exc}")
         self.cgroup.mkdir()
         # A process that holds the namespaces; its cgroup becomes the cgroup namespace's root.
         self.holder = subprocess.Popen(
