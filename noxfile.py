@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s wheel|tests|kernels|lint|run|bench|deps|bpf|stress``.
+"""Developer tasks: ``nox -s wheel|tests|kernels|lint|run|bench|deps|bpf|stress|fresh``.
 
 Every session that needs the package installs the wheel that ``wheel`` builds,
 never the source tree, so tests see exactly what users get.
@@ -161,3 +161,10 @@ def stress(session: nox.Session) -> None:
     env = {"FLOWLABEL_WHEEL": str(wheel), "FLOWLABEL_STRESS": "1",
            "FLOWLABEL_RELIABILITY_JSON": str(ROOT / "build" / "reliability.json")}
     session.run("pytest", *(session.posargs or ["tests/reliability"]), env=env)
+
+
+@nox.session(venv_backend="none")
+def fresh(session: nox.Session) -> None:
+    """README's quick start, run as written in a debootstrapped Debian 12 root (as root; the root
+    is cached in build/fresh/)."""
+    session.run("python3", str(ROOT / "tests" / "fresh" / "quickstart.py"), *session.posargs)
