@@ -27,16 +27,20 @@ class SocketEvent(NamedTuple):
 
 
 def cgroup2_root(mounts: str = "/proc/self/mounts") -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or ``.../unified`` on hybrid hosts)."""
+    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or ``.../unified`` on hybrid hosts).
+
+    The last mount wins: a later one may hide an earlier one (containers, chroots).
+    """
+    found = None
     try:
         with open(mounts) as f:
             for line in f:
                 fields = line.split()
                 if len(fields) > 2 and fields[2] == "cgroup2":
-                    return fields[1]
+                    found = fields[1]
     except OSError:
         return None
-    return None
+    return found
 
 
 class SocketWatch(KernelObject):
@@ -70,7 +74,10 @@ class SocketWatch(KernelObject):
             events = lib.bpf_object__find_map_by_name(self._obj, b"socket_events")
             if prog == ffi.NULL or events == ffi.NULL:
                 raise MarkerError(f"{self.path} has no {PROGRAM_NAME} program with its socket_events map")
-            cgroup = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                cgroup = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise MarkerError(f"cannot open the cgroup v2 hierarchy at {root}: {exc.strerror}") from None
             try:
                 self._link = lib.bpf_program__attach_cgroup(prog, cgroup)
                 if self._link == ffi.NULL:
