@@ -7,10 +7,10 @@ never the source tree, so tests see exactly what users get.
 from __future__ import annotations
 
 import platform
-import tomllib
 from pathlib import Path
 
 import nox
+import tomllib
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True

@@ -31,7 +31,8 @@ EM_BPF = 247
 @pytest.fixture(scope="module")
 def wheels() -> dict[str, Path]:
     given = os.environ.get("FLOWLABEL_WHEELS")
-    paths = [Path(p) for p in given.split(":")] if given else sorted((ROOT / "wheelhouse").glob("flowlabel-*.whl"))
+    paths = ([Path(p) for p in given.split(":")] if given
+             else sorted((ROOT / "wheelhouse").glob("flowlabel-*.whl")))
     found: dict[str, Path] = {}
     for path in paths:
         match = re.search(r"-manylinux_\d+_\d+_(\w+)\.whl$", path.name)

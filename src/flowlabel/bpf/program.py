@@ -121,11 +121,12 @@ class Program:
     the same flows (and its presence filter and clock with it).
     ``filter_bits`` sizes the presence filter (a power of two; default: from
     ``max_flows``). ``cache`` turns the per-CPU cache of marked flows on or off
-    (default: on where :func:`cache_is_safe`); :attr:`cache` says which. ``rules`` are site rules (:mod:`flowlabel.rules`) for the
-    packets of flows not in the map; a copy that shares the flows shares them
-    too. After load, :attr:`flows` is the :class:`FlowMap` (shared with
-    ``share_flows_with``), or None for an object without one, and
-    :attr:`rules` the :class:`RuleMaps`, or None without rules.
+    (default: on where :func:`cache_is_safe`); :attr:`cache` says which.
+    ``rules`` are site rules (:mod:`flowlabel.rules`) for the packets of flows
+    not in the map; a copy that shares the flows shares them too. After load,
+    :attr:`flows` is the :class:`FlowMap` (shared with ``share_flows_with``),
+    or None for an object without one, and :attr:`rules` the
+    :class:`RuleMaps`, or None without rules.
     """
 
     def __init__(
