@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s wheel|tests|kernels|lint|run|bench|deps|stress``.
+"""Developer tasks: ``nox -s wheel|tests|kernels|arm64|lint|run|bench|deps|stress``.
 
 Every session that needs the package installs the wheel that ``wheel`` builds,
 never the source tree, so tests see exactly what users get.
@@ -116,6 +116,16 @@ def kernels(session: nox.Session) -> None:
     session.run("python", "-m", "pip", "download", "-q", "-d", str(links), str(wheel))
     env = {"FLOWLABEL_WHEEL": str(wheel), "PIP_FIND_LINKS": str(links)}
     session.run("python", str(ROOT / "tests" / "kmatrix" / "matrix.py"), *session.posargs, env=env)
+
+
+@nox.session
+def arm64(session: nox.Session) -> None:
+    """The aarch64 wheel on an arm64 qemu guest (Debian bookworm): ``flowlabel check`` and real
+    marking between network namespaces. Args: options of tests/kmatrix/arm64.py. The guest's
+    outputs in build/arm64/out/."""
+    wheel = build_wheel(session, "aarch64")
+    session.run("python", str(ROOT / "tests" / "kmatrix" / "arm64.py"), str(wheel),
+                "--out", str(ROOT / "build" / "arm64" / "out"), *session.posargs)
 
 
 @nox.session
