@@ -9,10 +9,11 @@ booting Debian's arm64 kernel with a busybox initramfs (see arm64-init.sh) on
 an arm64 Debian root that debootstrap makes once under the cache (its second
 stage runs in the guest). The guest has no network: the wheel's dependencies
 are downloaded here as aarch64 wheels and shared with it. In the guest, the
-wheel goes into a fresh venv, ``flowlabel check`` runs, then
-arm64_marking.py marks real UDP and TCP traffic between two network
-namespaces. Their output is printed, and kept in ``--out``; the exit status
-is 0 only if both passed.
+wheel goes into a fresh venv, ``flowlabel check`` runs, arm64_marking.py
+marks real UDP and TCP traffic between two network namespaces, and pytest
+runs the tests given by ``--tests`` (by default those of the flow cache)
+against the installed wheel. Their output is printed, and kept in ``--out``;
+the exit status is 0 only if all passed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ CACHE = Path(os.environ.get("FLOWLABEL_ARM64_CACHE", ROOT / "build" / "arm64"))
 KERNEL, SUITE, PYTHON = "6.1", "bookworm", "3.11"
 #: What the guest's root needs beyond debootstrap's minimal base.
 ROOT_PACKAGES = ("python3", "python3-venv", "iproute2", "tcpdump", "kmod", "procps")
+#: Tests run in the guest by default, and what they need besides the wheel.
+GUEST_TESTS = ("tests/kernel/test_filter_cache.py",)
+TEST_PACKAGES = ("pytest", "hypothesis")
 #: The aarch64 wheels of the dependencies that the guest's pip may take.
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 #: Debian's emulator package when the host has no qemu-system-aarch64.
@@ -47,6 +51,8 @@ BOOT_MODULES = ("virtio_pci", "virtio_blk", "ext4", "9pnet_virtio", "9p")
 ROOT_SIZE = "3G"
 #: The emulated CPU: a real v8.0 core (``max`` spends much emulation time on pointer authentication).
 CPU = "cortex-a72"
+#: What the guest writes into the run directory.
+OUTPUTS = ("check.txt", "marking.txt", "pytest.txt", "install.txt", "times.txt")
 TIMEOUT = float(os.environ.get("FLOWLABEL_ARM64_TIMEOUT", 1800))
 
 
@@ -152,20 +158,21 @@ class BootFn:
             return guest.NO_STATUS
 
 
-def dependency_wheels(wheel: Path, dest: Path) -> None:
-    """The wheel and its dependencies as aarch64 wheels for the guest's Python, in ``dest``."""
+def dependency_wheels(wheel: Path, dest: Path, extra: tuple[str, ...]) -> None:
+    """The wheel, its dependencies and the ``extra`` packages as aarch64 wheels for the guest's
+    Python, in ``dest``."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     platforms = [arg for platform in WHEEL_PLATFORMS for arg in ("--platform", platform)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:",
                     *platforms, "--python-version", PYTHON, "--implementation", "cp",
-                    "-d", str(dest), str(wheel)], check=True)
+                    "-d", str(dest), str(wheel), *extra], check=True)
     if not (dest / wheel.name).exists():
         shutil.copy(wheel, dest)
 
 
-def guest_command(wheel: Path) -> str:
-    """The shell script the guest runs: install into a venv, check, mark; times into times.txt."""
+def guest_command(wheel: Path, tests: list[str]) -> str:
+    """The shell script the guest runs: install into a venv, check, mark, test; times into times.txt."""
     run = "/mnt/run"
     wheels = f"{run}/wheels"
     return "\n".join([
@@ -181,8 +188,17 @@ def guest_command(wheel: Path) -> str:
         "PYTHONPATH=/mnt/project/tests /opt/flowlabel/bin/python "
         f"/mnt/project/tests/kmatrix/arm64_marking.py > {run}/marking.txt 2>&1; marking=$?",
         "stamp marked",
+        "tested=0",
+        *([f"/opt/flowlabel/bin/pip install -q --no-index --find-links {wheels} {' '.join(TEST_PACKAGES)} "
+           f">> {run}/install.txt 2>&1 || exit 5",
+           # The project is read-only here: no bytecode files, no pytest cache, hypothesis's in the run.
+           f"cd {run} && PYTHONDONTWRITEBYTECODE=1 FLOWLABEL_REQUIRE_KERNEL=1 "
+           "/opt/flowlabel/bin/python -m pytest -p no:cacheprovider -q -rs "
+           "--rootdir /mnt/project -c /mnt/project/pyproject.toml "
+           f"{' '.join(shlex.quote(f'/mnt/project/{t}') for t in tests)} > {run}/pytest.txt 2>&1; tested=$?",
+           "stamp tested"] if tests else []),
         "sync",
-        "[ $check = 0 ] && [ $marking = 0 ]",
+        "[ $check = 0 ] && [ $marking = 0 ] && [ $tested = 0 ]",
     ])
 
 
@@ -194,6 +210,9 @@ def main() -> int:
                         help=f"Debian arm64 kernel: alias or ABI (default {KERNEL})")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"downloads and the root (default {CACHE})")
     parser.add_argument("--out", type=Path, help="copy the guest's outputs here")
+    parser.add_argument("--tests", nargs="*", default=list(GUEST_TESTS),
+                        help=f"test files run in the guest (default: {' '.join(GUEST_TESTS)}; "
+                             "none: no pytest)")
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--memory", default="1G")
     args = parser.parse_args()
@@ -214,14 +233,15 @@ def main() -> int:
     root = arm64_root(cache, boot)
     log(f"kernel {kernel.abi}, root {root}, prepared in {time.monotonic() - started:.0f} s")
 
-    dependency_wheels(wheel, boot.run_dir / "wheels")
-    for name in ("check.txt", "marking.txt", "install.txt", "times.txt"):
+    dependency_wheels(wheel, boot.run_dir / "wheels", TEST_PACKAGES if args.tests else ())
+    for name in OUTPUTS:
         (boot.run_dir / name).unlink(missing_ok=True)
-    log(f"booting; the guest installs {wheel.name}, runs `flowlabel check` and the marking test")
+    log(f"booting; the guest installs {wheel.name}, runs `flowlabel check`, the marking test"
+        + (f" and {' '.join(args.tests)}" if args.tests else ""))
     booted = time.monotonic()
-    status = boot(root, "run", guest_command(wheel))
+    status = boot(root, "run", guest_command(wheel, args.tests))
     elapsed = time.monotonic() - booted
-    for name in ("check.txt", "marking.txt"):
+    for name in ("check.txt", "marking.txt", *(["pytest.txt"] if args.tests else [])):
         path = boot.run_dir / name
         print(f"---- {name} ----")
         print(path.read_text().rstrip() if path.exists() else "(missing)")
@@ -237,7 +257,7 @@ def main() -> int:
         print("\n".join(console.read_text(errors="replace").splitlines()[-30:]) if console.exists() else "")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        for name in ("check.txt", "marking.txt", "install.txt", "times.txt", "console.log"):
+        for name in (*OUTPUTS, "console.log"):
             if (boot.run_dir / name).exists():
                 shutil.copy(boot.run_dir / name, args.out / name)
     log("PASS" if status == 0 else "FAIL")
