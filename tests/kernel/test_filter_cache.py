@@ -36,6 +36,7 @@ from flowlabel.bpf.ext import extension
 from flowlabel.bpf.program import cache_is_safe
 from flowlabel.flow import Flow
 from flowlabel.marker import Marker, Program
+from flowlabel.rules import PortRange, Rule, compile_rules
 
 pytestmark = pytest.mark.kernel
 
@@ -313,10 +314,17 @@ def test_cache_is_on_only_where_loads_are_ordered() -> None:
         assert program.cache == (platform.machine() == "x86_64")
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_cache_option_decides_whether_a_packet_can_skip_the_lookup(cache: bool, one_cpu: int) -> None:
+#: A site rule for other flows: with rules, the classifier takes its other path to the cache.
+OTHER_FLOWS = Rule("rules[0]", ((2, 15),), IPPROTO_UDP, local_ports=PortRange(9000, 9000))
+
+
+@pytest.mark.parametrize("rules", [False, True], ids=["no-rules", "rules"])
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+def test_cache_option_decides_whether_a_packet_can_skip_the_lookup(cache: bool, rules: bool,
+                                                                   one_cpu: int) -> None:
     key = FlowKey(IPPROTO_TCP, addr("2001:db8::c"), addr("2001:db8::d"), 41000, 2811)
-    with Program(OBJECT, max_flows=16, cache=cache) as program:
+    compiled = compile_rules([OTHER_FLOWS]) if rules else None
+    with Program(OBJECT, max_flows=16, cache=cache, rules=compiled) as program:
         assert program.cache is cache
         program.flows.put(packed(program, key), 0x0000C)
         assert label_of(program, key) == 0x0000C  # fills the cache when there is one
