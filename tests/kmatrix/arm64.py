@@ -11,8 +11,8 @@ stage runs in the guest). The guest has no network: the wheel's dependencies
 are downloaded here as aarch64 wheels and shared with it. In the guest, the
 wheel goes into a fresh venv, ``flowlabel check`` runs, arm64_marking.py
 marks real UDP and TCP traffic between two network namespaces, and pytest
-runs the tests given by ``--tests`` (by default those of the flow cache)
-against the installed wheel. Their output is printed, and kept in ``--out``;
+runs the tests given by ``--tests`` (by default the BPF_PROG_TEST_RUN group,
+tests/kernel) against the installed wheel. Their output is printed, and kept in ``--out``;
 the exit status is 0 only if all passed.
 """
 
@@ -39,7 +39,7 @@ KERNEL, SUITE, PYTHON = "6.1", "bookworm", "3.11"
 #: What the guest's root needs beyond debootstrap's minimal base.
 ROOT_PACKAGES = ("python3", "python3-venv", "iproute2", "tcpdump", "kmod", "procps")
 #: Tests run in the guest by default, and what they need besides the wheel.
-GUEST_TESTS = ("tests/kernel/test_filter_cache.py",)
+GUEST_TESTS = ("tests/kernel",)
 TEST_PACKAGES = ("pytest", "hypothesis")
 #: The aarch64 wheels of the dependencies that the guest's pip may take.
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
