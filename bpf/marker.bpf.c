@@ -386,6 +386,13 @@ static __always_inline int filter_passes(__u32 hash)
 	return word && (*word >> FILTER_BIT(slot) & 1);
 }
 
+static __always_inline struct flow_clock *clock_of(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&clock, &zero);
+}
+
 /*
  * This CPU's cache entry for a key of this hash, and the generation, read
  * before any lookup whose result the entry may keep. Why a cached label is
@@ -396,17 +403,19 @@ static __always_inline int filter_passes(__u32 hash)
  * so a lookup that could still see the old entry stored an older generation
  * than the bump, and the next packet looks up again. This needs the
  * generation load to happen before the lookup's loads: x86 keeps loads in
- * order; on weakly ordered CPUs BPF has no cheap way to demand it (only
- * atomics, which would bounce the generation's cache line between CPUs).
+ * order; weakly ordered CPUs (arm64) may take the lookup's loads first, and
+ * BPF has no cheap way to forbid it on the kernels supported (only atomics,
+ * which would bounce the generation's cache line between CPUs).
+ * So the loader turns the cache on (cfg.cache) only where loads are ordered.
  * The kernel runs tc programs with migration and bottom halves off, so
  * nothing else on this CPU writes the entry meanwhile.
  */
 static __always_inline struct cache_entry *cache_of(__u32 hash, struct flow_clock **clk, __u64 *gen)
 {
-	__u32 zero = 0, slot = (hash >> 16) & (FLOWLABEL_CACHE_SLOTS - 1);
+	__u32 slot = (hash >> 16) & (FLOWLABEL_CACHE_SLOTS - 1);
 	struct cache_entry *c = bpf_map_lookup_elem(&cache, &slot);
 
-	*clk = bpf_map_lookup_elem(&clock, &zero);
+	*clk = clock_of();
 	if (!*clk || !c)
 		return 0;
 	*gen = *(volatile __u64 *)&(*clk)->generation;
@@ -456,6 +465,10 @@ static __always_inline int flow_label(union flow_key_words *kw, __u32 hash, __u3
 	struct cache_entry *c;
 	__u64 gen;
 
+	if (!cfg.cache) {
+		clk = clock_of();
+		return clk && map_label(kw, clk, label);
+	}
 	c = cache_of(hash, &clk, &gen);
 	if (!c)
 		return 0;
@@ -536,21 +549,28 @@ static __always_inline int flow_or_rule_label(union flow_key_words *kw, __u32 ha
 {
 	struct flow_clock *clk;
 	struct flow_rule *r = 0;
-	struct cache_entry *c;
+	struct cache_entry *c = 0;
 	__u32 rule;
-	__u64 gen;
+	__u64 gen = 0;
 
-	c = cache_of(hash, &clk, &gen);
-	if (!c)
-		return 0;
-	if (cache_holds(c, kw, gen)) {
-		if (c->rule)
-			count_rule(c->rule - 1);
-		*label = c->label;
-		return c->label != NO_LABEL;
+	if (cfg.cache) {
+		c = cache_of(hash, &clk, &gen);
+		if (!c)
+			return 0;
+		if (cache_holds(c, kw, gen)) {
+			if (c->rule)
+				count_rule(c->rule - 1);
+			*label = c->label;
+			return c->label != NO_LABEL;
+		}
+	} else {
+		clk = clock_of();
+		if (!clk)
+			return 0;
 	}
 	if (filter_passes(hash) && map_label(kw, clk, label)) {
-		cache_fill(c, kw, gen, *label, 0);
+		if (c)
+			cache_fill(c, kw, gen, *label, 0);
 		return 1;
 	}
 	rule = first_rule(kw, &r);
@@ -560,7 +580,8 @@ static __always_inline int flow_or_rule_label(union flow_key_words *kw, __u32 ha
 	*label = r->count ? r->labels[((hash >> 8) % r->count) & (FLOWLABEL_RULE_LABELS - 1)] |
 				    cfg.entropy[hash >> 27]
 			  : NO_LABEL;
-	cache_fill(c, kw, gen, *label, rule);
+	if (c)
+		cache_fill(c, kw, gen, *label, rule);
 	return *label != NO_LABEL;
 }
 

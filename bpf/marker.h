@@ -173,7 +173,8 @@ struct marker_config {
 	__u32 entropy[32]; /* the label bits that each 5-bit entropy value sets */
 	__u16 local_classes;  /* rule_ports' classes of local ports, class 0 included */
 	__u16 remote_classes; /* and of remote ports */
-	__u32 pad;
+	__u8 cache;           /* use the per-CPU cache of marked flows; 0: every packet takes the lookup */
+	__u8 pad[3];
 };
 
 /* ---- cffi's cdef stops here: what follows is compiled, not parsed. ---- */

@@ -162,6 +162,8 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
     verified = f"{info.verified_insns} instructions verified, " if info.verified_insns else ""
     row("load", f"ok: program id {info.id}, {verified}JIT {info.jited_bytes} bytes, "
         f"{elapsed:.1f} ms; unloaded")
+    row("flow cache", f"on: {platform.machine()} keeps loads in order" if prog.cache else
+        f"off: {platform.machine()} may reorder loads, so every packet looks its flow up")
 
 
 def main(object_path: str | None = None, out: TextIO = sys.stdout,

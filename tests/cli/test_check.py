@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import re
 import shutil
 import subprocess
@@ -37,8 +38,10 @@ def test_check_loads_the_shipped_object() -> None:
     result = flowlabel_cmd("check")
     assert result.returncode == 0, result.stderr
     for row in ("kernel", "capabilities", "libbpf", "memlock", "mmap arrays", "batch ops", "attach",
-                "sockets", "object", "load"):
+                "sockets", "object", "load", "flow cache"):
         assert re.search(rf"^{row}\s+\S", result.stdout, re.M), (row, result.stdout)
+    expected = "on" if platform.machine() == "x86_64" else "off"
+    assert re.search(rf"^flow cache\s+{expected}: {platform.machine()}", result.stdout, re.M), result.stdout
     assert "CAP_BPF yes, CAP_NET_ADMIN yes, CAP_PERFMON yes" in result.stdout
     assert re.search(r"^libbpf\s+v?1\.\d+", result.stdout, re.M)
 

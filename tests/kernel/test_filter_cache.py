@@ -12,6 +12,7 @@ on the cache pin the process to one CPU.
 from __future__ import annotations
 
 import os
+import platform
 import random
 from collections.abc import Iterator
 
@@ -32,8 +33,10 @@ from packets import (
 )
 
 from flowlabel.bpf.ext import extension
+from flowlabel.bpf.program import cache_is_safe
 from flowlabel.flow import Flow
 from flowlabel.marker import Marker, Program
+from flowlabel.rules import PortRange, Rule, compile_rules
 
 pytestmark = pytest.mark.kernel
 
@@ -291,6 +294,49 @@ def test_shared_programs_share_filter_and_generation(one_cpu: int) -> None:
         l3.flows.delete(packed(l3, key))
         assert label_of(l2, key) is None
         assert label_of(l3, key, l3=True) is None
+
+
+# -- the cache option -----------------------------------------------------------
+
+
+def rewrite_behind_the_cache(program: Program, key: FlowKey, label: int) -> None:
+    """Change the flow's label in the map without moving the generation, as no user-space
+    writer does: only a packet that takes the lookup can see the new label."""
+    ffi, lib = extension()
+    value = ffi.new("struct flow_value *", {"label": label, "seen": program.flows.epoch})
+    assert lib.bpf_map_update_elem(program.flows.fd, packed(program, key), value, lib.BPF_EXIST) == 0
+
+
+def test_cache_is_on_only_where_loads_are_ordered() -> None:
+    assert cache_is_safe("x86_64")
+    assert not cache_is_safe("aarch64")
+    with Program(OBJECT, max_flows=16) as program:
+        assert program.cache == (platform.machine() == "x86_64")
+
+
+#: A site rule for other flows: with rules, the classifier takes its other path to the cache.
+OTHER_FLOWS = Rule("rules[0]", ((2, 15),), IPPROTO_UDP, local_ports=PortRange(9000, 9000))
+
+
+@pytest.mark.parametrize("rules", [False, True], ids=["no-rules", "rules"])
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+def test_cache_option_decides_whether_a_packet_can_skip_the_lookup(cache: bool, rules: bool,
+                                                                   one_cpu: int) -> None:
+    key = FlowKey(IPPROTO_TCP, addr("2001:db8::c"), addr("2001:db8::d"), 41000, 2811)
+    compiled = compile_rules([OTHER_FLOWS]) if rules else None
+    with Program(OBJECT, max_flows=16, cache=cache, rules=compiled) as program:
+        assert program.cache is cache
+        program.flows.put(packed(program, key), 0x0000C)
+        assert label_of(program, key) == 0x0000C  # fills the cache when there is one
+        rewrite_behind_the_cache(program, key, 0x000CC)
+        # With the cache, the entry still vouches for the old label; without, the lookup finds the new one.
+        assert label_of(program, key) == (0x0000C if cache else 0x000CC)
+        program.flows.put(packed(program, key), 0x00CCC)  # a real change moves the generation
+        assert label_of(program, key) == 0x00CCC
+        before = program.counters()
+        run = program.test_run(flow_frame(key), repeat=50)
+        assert run.data == with_label(flow_frame(key), 14, 0x00CCC)
+        assert program.counters()["marked"] - before["marked"] == 50
 
 
 # -- through the Marker -------------------------------------------------------------

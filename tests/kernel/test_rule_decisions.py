@@ -93,8 +93,9 @@ def written(program: Program, key: FlowKey) -> int | None:
     return None if out == data else int.from_bytes(out[15:18], "big") & LABEL_MASK
 
 
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
 @pytest.mark.parametrize("seed", range(6))
-def test_the_classifier_decides_as_the_rules_say(seed: int) -> None:
+def test_the_classifier_decides_as_the_rules_say(seed: int, cache: bool) -> None:
     rng = random.Random(seed)
     rules = []
     while len(rules) < rng.choice((3, 10, 40)):
@@ -104,7 +105,7 @@ def test_the_classifier_decides_as_the_rules_say(seed: int) -> None:
         except ConfigError:  # too many rules for the same ports: not this one
             continue
         rules.append(candidate)
-    with Program(OBJECT, max_flows=64, rules=compile_rules(rules)) as program:
+    with Program(OBJECT, max_flows=64, rules=compile_rules(rules), cache=cache) as program:
         decided = 0
         for _ in range(300):
             key = key_near(rng, rules)

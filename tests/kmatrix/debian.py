@@ -2,8 +2,10 @@
 
 A private apt configuration (sources list, lists, cache) under the cache
 directory reads the Debian mirror that the host's apt already uses; the
-system's apt state is never touched. Only the generic ``-amd64`` flavour is
-used: ``-cloud`` kernels have no 9p, which the guests need for their root.
+system's apt state is never touched. Only the generic flavour (``-amd64``,
+``-arm64``) is used: ``-cloud`` kernels have no 9p, which the guests need for
+their root. The archive also hands out other packages of one architecture
+(:meth:`Archive.unpack_packages`), for tools the host lacks.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ SUITES = (
     ("", "bookworm"), ("-security", "bookworm-security"), ("", "bookworm-backports"),
     ("", "trixie"), ("", "trixie-backports"), ("", "sid"),
 )
-#: Short names of the matrix's kernels: each the newest ABI of that Debian release's series.
+#: Short names of the matrix's kernels: each the newest ABI of that Debian release's series
+#: (the flavour, the Debian architecture, follows).
 ALIASES = {
-    "5.10": r"5\.10\.0-\d+-amd64",  # Debian 11
-    "6.1": r"6\.1\.0-\d+-amd64",  # Debian 12
-    "6.12": r"6\.12\.\d+\+deb13-amd64",  # Debian 13
+    "5.10": r"5\.10\.0-\d+",  # Debian 11
+    "6.1": r"6\.1\.0-\d+",  # Debian 12
+    "6.12": r"6\.12\.\d+\+deb13",  # Debian 13
 }
 NEWEST = "newest"
 #: The index is fetched again when it is older than this.
@@ -62,20 +65,23 @@ def host_mirror() -> str:
 
 
 class Archive:
-    """The kernels on the Debian mirror, through a private apt state under ``cache``."""
+    """The kernels (and other packages) of one Debian architecture on the mirror, through a
+    private apt state under ``cache``."""
 
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, cache: Path, arch: str = "amd64") -> None:
         for tool in ("apt-get", "apt-cache", "dpkg-deb", "depmod"):
             if shutil.which(tool) is None:
                 raise SystemExit(f"{tool} is needed to fetch Debian kernels (apt-get install apt dpkg kmod)")
         self.cache = cache
+        self.arch = arch
         self.apt = cache / "apt"
         self.debs = cache / "debs"
         self.trees = cache / "kernels"
         self.options = [
             "-o", f"Dir::Etc::SourceList={self.apt / 'sources.list'}", "-o", "Dir::Etc::SourceParts=-",
             "-o", f"Dir::State::Lists={self.apt / 'lists'}", "-o", f"Dir::Cache={self.apt / 'cache'}",
-            "-o", "Debug::NoLocking=1", "-o", "APT::Architecture=amd64", "-o", "APT::Architectures::=amd64",
+            "-o", "Debug::NoLocking=1",
+            "-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}",
             "-o", "APT::Sandbox::User=root",
         ]
 
@@ -93,11 +99,11 @@ class Archive:
         stamp.touch()
 
     def kernels(self) -> list[str]:
-        """ABI names of the generic amd64 kernels on the mirror, oldest first."""
+        """ABI names of the generic kernels of this architecture on the mirror, oldest first."""
         names = subprocess.run(["apt-cache", *self.options, "pkgnames", "linux-image-"],
                                capture_output=True, text=True, check=True).stdout.split()
         abis = {n.removeprefix("linux-image-") for n in names
-                if re.fullmatch(r"linux-image-\d+\.\d+[.\d]*[-+][\w.+-]*-amd64", n)
+                if re.fullmatch(rf"linux-image-\d+\.\d+[.\d]*[-+][\w.+-]*-{self.arch}", n)
                 and "-cloud-" not in n and "-rt-" not in n and not n.endswith("-unsigned")}
         return sorted(abis, key=_version_key)
 
@@ -106,7 +112,7 @@ class Archive:
         available = self.kernels()
         if name == NEWEST:
             return available[-1]
-        pattern = ALIASES.get(name, re.escape(name))
+        pattern = f"{ALIASES[name]}-{self.arch}" if name in ALIASES else re.escape(name)
         found = [abi for abi in available if re.fullmatch(pattern, abi)]
         if not found:
             raise SystemExit(f"no kernel {name!r} on the mirror; known names: {', '.join(ALIASES)}, "
@@ -139,3 +145,21 @@ class Archive:
         if image is None:
             raise SystemExit(f"the {abi} packages hold no kernel image")
         return Kernel(abi, image, (tree / "lib" / "modules" / abi).resolve())
+
+    def unpack_packages(self, name: str, packages: list[str], suite: str) -> Path:
+        """``packages`` of this architecture from ``suite`` unpacked together into one tree (not
+        installed), fetched and unpacked once; ``name`` names the tree."""
+        tree = self.cache / "packages" / name
+        if not (tree / ".complete").exists():
+            shutil.rmtree(tree, ignore_errors=True)
+            tree.mkdir(parents=True)
+            self.debs.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["apt-get", *self.options, "-qq", "download",
+                            *(f"{package}/{suite}" for package in packages)], cwd=self.debs, check=True)
+            for package in packages:
+                debs = [deb for deb in self.debs.glob(f"{package}_*.deb")
+                        if deb.name.endswith((f"_{self.arch}.deb", "_all.deb"))]
+                (deb,) = sorted(debs, key=lambda deb: deb.stat().st_mtime)[-1:]
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+            (tree / ".complete").touch()
+        return tree

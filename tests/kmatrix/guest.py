@@ -49,9 +49,14 @@ def _decompressed(module: Path) -> bytes:
     return module.read_bytes()
 
 
-def initramfs(kernel: Kernel, cache: Path) -> Path:
-    """The kernel's initramfs, built once per kernel and version of init.sh."""
-    init = (HERE / "init.sh").read_bytes()
+def initramfs(kernel: Kernel, cache: Path, init_script: Path = HERE / "init.sh",
+              busybox: str | None = None, modules: tuple[str, ...] = BOOT_MODULES) -> Path:
+    """The kernel's initramfs, built once per kernel and version of the init script.
+
+    ``busybox`` is the static busybox that runs in the guest (default: the host's, for guests
+    of the host's architecture); ``modules`` those it loads to reach its root.
+    """
+    init = init_script.read_bytes()
     out = cache / f"initramfs-{kernel.abi}-{hashlib.sha256(init).hexdigest()[:12]}.cpio.gz"
     if out.exists():
         return out
@@ -61,12 +66,12 @@ def initramfs(kernel: Kernel, cache: Path) -> Path:
         work = Path(tmp)
         for sub in ("bin", "proc", "sys", "dev", "m"):
             (work / sub).mkdir()
-        shutil.copy(_static_busybox(), work / "bin" / "busybox")
+        shutil.copy(busybox or _static_busybox(), work / "bin" / "busybox")
         (work / "bin" / "sh").symlink_to("busybox")
         (work / "init").write_bytes(init)
         (work / "init").chmod(0o755)
         order: list[str] = []
-        for name in BOOT_MODULES:
+        for name in modules:
             shown = subprocess.run(
                 [modprobe, "-C", "/dev/null", "-d", str(tree), "-S", kernel.abi, "--show-depends", name],
                 capture_output=True, text=True, check=True).stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def wheel() -> Path:
     given = os.environ.get("FLOWLABEL_WHEEL")
     if given:
         return Path(given)
-    found = sorted((ROOT / "wheelhouse").glob("flowlabel-*.whl"))
+    found = sorted((ROOT / "wheelhouse").glob(f"flowlabel-*_{platform.machine()}.whl"))
     if not found:
         pytest.skip("no repaired wheel in wheelhouse/: build it with `nox -s wheel` (nox -s tests does)")
     return found[-1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
@@ -20,6 +21,15 @@ PROGRAM_NAME = "marker_egress"
 CONFIG_VAR = "cfg"
 #: Lines of the verifier log kept in a VerifierError's message.
 VERIFIER_TAIL_LINES = 20
+#: Machines whose CPUs keep loads in order (x86-TSO). The classifier's per-CPU cache is
+#: right only there: elsewhere a CPU may read a flow's old label after the generation
+#: that says it is current (bpf/marker.bpf.c, cache_of), so every packet takes the lookup.
+ORDERED_LOADS = frozenset({"x86_64"})
+
+
+def cache_is_safe(machine: str | None = None) -> bool:
+    """Whether the classifier may cache labels per CPU on ``machine`` (default: this one)."""
+    return (machine or platform.machine()) in ORDERED_LOADS
 
 
 class TestRun(NamedTuple):
@@ -109,11 +119,13 @@ class Program(KernelObject):
     map, so that programs for devices with and without a link-layer header see
     the same flows (and its presence filter and clock with it).
     ``filter_bits`` sizes the presence filter (a power of two; default: from
-    ``max_flows``). ``rules`` are site rules (:mod:`flowlabel.rules`) for the
-    packets of flows not in the map; a copy that shares the flows shares them
-    too. After load, :attr:`flows` is the :class:`FlowMap` (shared with
-    ``share_flows_with``), or None for an object without one, and
-    :attr:`rules` the :class:`RuleMaps`, or None without rules.
+    ``max_flows``). ``cache`` turns the per-CPU cache of marked flows on or off
+    (default: on where :func:`cache_is_safe`); :attr:`cache` says which.
+    ``rules`` are site rules (:mod:`flowlabel.rules`) for the packets of flows
+    not in the map; a copy that shares the flows shares them too. After load,
+    :attr:`flows` is the :class:`FlowMap` (shared with ``share_flows_with``),
+    or None for an object without one, and :attr:`rules` the
+    :class:`RuleMaps`, or None without rules.
     """
 
     def __init__(
@@ -128,6 +140,7 @@ class Program(KernelObject):
         share_flows_with: Program | None = None,
         filter_bits: int | None = None,
         rules: CompiledRules | None = None,
+        cache: bool | None = None,
     ) -> None:
         self._ffi, self._lib = extension()
         self._obj: Any = self._ffi.NULL
@@ -138,6 +151,7 @@ class Program(KernelObject):
         self.path = Path(path) if path is not None else bundled_object()
         self.debug = debug
         self.l3 = l3
+        self.cache = cache_is_safe() if cache is None else cache
         self.program_name = program
         if max_flows is None:
             max_flows = int(self._lib.FLOWLABEL_DEFAULT_MAX_FLOWS)
@@ -188,7 +202,7 @@ class Program(KernelObject):
         if ptr != ffi.NULL:
             cfg = ffi.new("struct marker_config *",
                           {"debug": int(self.debug), "l3": int(self.l3), "filter_mask": filter_mask,
-                           "rules": count, "entropy": entropy_bits(),
+                           "rules": count, "entropy": entropy_bits(), "cache": int(self.cache),
                            "local_classes": rules.local_classes if rules else 0,
                            "remote_classes": rules.remote_classes if rules else 0})
             if size[0] < ffi.sizeof("struct marker_config") and count:
