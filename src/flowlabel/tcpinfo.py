@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_INFO = 2
 INET_DIAG_CONG = 4
 _NLMSGHDR = struct.Struct("=IHHII")
+_LENGTH_KIND = struct.Struct("=IH")
 # inet_diag_req_v2: family, protocol, ext, pad, states, then an empty inet_diag_sockid (48 bytes).
 _REQUEST = struct.Struct("=BBBxI48x")
 # inet_diag_msg (72 bytes): family, state, timer, retrans, then the socket id: sport, dport
@@ -157,15 +159,15 @@ T = TypeVar("T")
 
 def sweep(family: int = socket.AF_INET6) -> dict[Socket, TcpStats]:
     """The statistics of every open TCP socket of ``family`` in this network namespace."""
-    found: dict[Socket, Any] = {}
-    _dump(family, found, full=False)
+    found: dict[Socket, TcpStats] = {}
+    _dump_stats(family, found)
     return found
 
 
 def sweep_info(family: int = socket.AF_INET6) -> dict[Socket, dict[str, Any]]:
     """Every field of every open TCP socket's ``tcp_info``, and its congestion control as ``cong``."""
     found: dict[Socket, Any] = {}
-    _dump(family, found, full=True)
+    _dump(family, found)
     return found
 
 
@@ -173,7 +175,7 @@ def sweep_fields(names: tuple[str, ...], family: int = socket.AF_INET6) -> dict[
     """The ``tcp_info`` fields ``names`` of every open TCP socket, and ``cong``: :func:`sweep_info`
     with only those fields unpacked, for callers that need a few."""
     found: dict[Socket, Any] = {}
-    _dump(family, found, full=True, unpack=_picker(names))
+    _dump(family, found, _picker(names))
     return found
 
 
@@ -223,11 +225,9 @@ def _picker(names: tuple[str, ...]) -> Callable[[bytes | bytearray, int, int], d
     return pick
 
 
-def _dump(family: int, found: dict[Socket, Any], *, full: bool,
-          unpack: Callable[[bytes | bytearray, int, int], dict[str, Any]] = _info_dict) -> None:
-    extensions = 1 << (INET_DIAG_INFO - 1)
-    if full:
-        extensions |= 1 << (INET_DIAG_CONG - 1)
+def _messages(family: int, extensions: int) -> Iterator[tuple[bytearray, int, int]]:
+    """(buffer, offset, length) of each inet_diag message of one dump of ``family``'s open TCP
+    sockets with the attributes ``extensions`` asks for; the buffer is reused between reads."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         nl.bind((0, 0))
         request = _REQUEST.pack(family, socket.IPPROTO_TCP, extensions, _OPEN_STATES)
@@ -235,44 +235,76 @@ def _dump(family: int, found: dict[Socket, Any], *, full: bool,
                                 NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
         nl.send(header + request)
         buffer = bytearray(1 << 17)
-        # Bound once: this loop runs for every socket of the host.
-        unpack_header, unpack_id, unpack_attr = (_NLMSGHDR.unpack_from, _SOCKET_ID.unpack_from,
-                                                 _RTATTR.unpack_from)
-        header_size, attr_size = _NLMSGHDR.size, _RTATTR.size
+        unpack_head, header_size = _LENGTH_KIND.unpack_from, _NLMSGHDR.size
         while True:
             size = nl.recv_into(buffer)
             offset = 0
             while offset + header_size <= size:
-                length, kind, _, _, _ = unpack_header(buffer, offset)
+                length, kind = unpack_head(buffer, offset)
                 if kind == NLMSG_DONE:
                     return
                 if kind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", buffer, offset + header_size)[0]
                     raise OSError(code, f"sock_diag: {os.strerror(code)}")
-                body = offset + header_size
-                key = unpack_id(buffer, body)
-                key = (key[2], key[3], key[0], key[1])
-                attr = body + _DIAG_MSG_SIZE
-                end = offset + length
-                info: dict[str, Any] | None = None
-                cong = None
-                while attr + attr_size <= end:
-                    attr_len, attr_type = unpack_attr(buffer, attr)
-                    if attr_len < attr_size:
-                        break
-                    if attr_type == INET_DIAG_INFO:
-                        if not full:
-                            found[key] = _unpack(buffer, attr + attr_size, attr_len - attr_size)
-                            break
-                        info = unpack(buffer, attr + attr_size, attr_len - attr_size)
-                    elif attr_type == INET_DIAG_CONG and full:
-                        payload = attr + attr_size
-                        cong = bytes(buffer[payload : attr + attr_len]).split(b"\0")[0].decode()
-                    attr += (attr_len + 3) & ~3
-                if info is not None:
-                    info["cong"] = cong
-                    found[key] = info
+                yield buffer, offset, length
                 offset += (length + 3) & ~3
+
+
+def _attributes(buffer: bytearray, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
+    """(type, payload offset, payload length) of each attribute of the message at ``offset``."""
+    attr, end, attr_size = offset + _NLMSGHDR.size + _DIAG_MSG_SIZE, offset + length, _RTATTR.size
+    while attr + attr_size <= end:
+        attr_len, attr_type = _RTATTR.unpack_from(buffer, attr)
+        if attr_len < attr_size:
+            return
+        yield attr_type, attr + attr_size, attr_len - attr_size
+        attr += (attr_len + 3) & ~3
+
+
+def _key(buffer: bytearray, offset: int) -> Socket:
+    sport, dport, src, dst = _SOCKET_ID.unpack_from(buffer, offset + _NLMSGHDR.size)
+    return (src, dst, sport, dport)
+
+
+def _dump_stats(family: int, found: dict[Socket, TcpStats]) -> None:
+    """:func:`sweep`'s dump. Every message of a dump carries the same attributes in the same
+    order (the kernel and the request decide them), so once the first message has shown where
+    its tcp_info is, each next one of the same length is checked there and read with one unpack
+    for the socket and one for the statistics: the parsing, not the kernel, is most of a sweep."""
+    known_length, info_at, info_head = -1, 0, (0, 0)
+    unpack_head, unpack_id, unpack_stats = _RTATTR.unpack_from, _SOCKET_ID.unpack_from, _FULL.unpack_from
+    id_at, new, states = _NLMSGHDR.size, tuple.__new__, STATES
+    for buffer, offset, length in _messages(family, 1 << (INET_DIAG_INFO - 1)):
+        if length == known_length and unpack_head(buffer, offset + info_at - _RTATTR.size) == info_head:
+            sport, dport, src, dst = unpack_id(buffer, offset + id_at)
+            whole = unpack_stats(buffer, offset + info_at)
+            state = states.get(whole[0]) or str(whole[0])
+            found[(src, dst, sport, dport)] = new(TcpStats, (state, *whole[1:]))
+            continue
+        for attr_type, at, size in _attributes(buffer, offset, length):
+            if attr_type == INET_DIAG_INFO:
+                found[_key(buffer, offset)] = _unpack(buffer, at, size)
+                if size >= _FULL.size:
+                    known_length, info_at = length, at - offset
+                    info_head = (size + _RTATTR.size, INET_DIAG_INFO)
+                break
+
+
+def _dump(family: int, found: dict[Socket, Any],
+          unpack: Callable[[bytes | bytearray, int, int], dict[str, Any]] = _info_dict) -> None:
+    """:func:`sweep_info`'s dump: ``unpack`` makes the dict of each tcp_info, ``cong`` is added."""
+    extensions = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1)
+    for buffer, offset, length in _messages(family, extensions):
+        info: dict[str, Any] | None = None
+        cong = None
+        for attr_type, at, size in _attributes(buffer, offset, length):
+            if attr_type == INET_DIAG_INFO:
+                info = unpack(buffer, at, size)
+            elif attr_type == INET_DIAG_CONG:
+                cong = bytes(buffer[at : at + size]).split(b"\0")[0].decode()
+        if info is not None:
+            info["cong"] = cong
+            found[_key(buffer, offset)] = info
 
 
 def of_flow(sockets: dict[Socket, T], flow: Flow) -> T | None:

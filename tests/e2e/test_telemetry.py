@@ -101,10 +101,19 @@ def test_a_sweep_of_many_sockets_finds_each_once(pair: Pair) -> None:
             c.connect((B, server.getsockname()[1]))
             clients.append(c)
         found = tcpinfo.sweep()
+        whole = tcpinfo.sweep_info()
     try:
         ports = {c.getsockname()[1] for c in clients}
         assert {key[2] for key in found} == ports  # multipart dumps: every socket, none twice
         assert all(stats.state == "established" and stats.rtt_us is not None for stats in found.values())
+        # The sweep reads each message where the first one had its tcp_info: the same numbers as
+        # the dump that looks at every attribute (idle sockets: nothing moves in between).
+        assert set(found) == set(whole)
+        for key, stats in found.items():
+            info = whole[key]
+            read = (stats.snd_mss, stats.snd_cwnd, stats.bytes_acked, stats.bytes_sent, stats.min_rtt_us)
+            assert read == (info["snd_mss"], info["snd_cwnd"], info["bytes_acked"], info["bytes_sent"],
+                            info["min_rtt"])
     finally:
         for c in clients:
             c.close()
