@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import Daemon
+from e2e_support import READY_TIMEOUT, Daemon
 
 from flowlabel import enrichment, tcpinfo
 from support.netns import A, B, Pair
@@ -211,8 +211,8 @@ def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daem
             return subprocess.run([*session, "capture-pane", "-p", "-t", "top"], capture_output=True,
                                   text=True).stdout
 
-        def shows(pattern: str) -> str:
-            deadline = time.monotonic() + 15
+        def shows(pattern: str, within: float = 15) -> str:
+            deadline = time.monotonic() + within
             text = ""
             while time.monotonic() < deadline:
                 text = screen()
@@ -221,7 +221,8 @@ def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daem
                 time.sleep(0.1)
             pytest.fail(f"{pattern!r} never showed; the screen:\n{text}")
 
-        text = shows(r"sorted by RATE")
+        # The first screen waits for Python to start and import: slow in emulated guests.
+        text = shows(r"sorted by RATE", READY_TIMEOUT)
         tcp_row = (rf"^atlas\s+perfSONAR\s+0x\w+\s+\[{A}\]:{sport}\s+\[{B}\]:{dport}\s+"
                    r"[0-9.]+ [kMG]?B/s\s+[0-9.]+")
         text = shows(tcp_row)
