@@ -40,24 +40,6 @@ _OPEN_STATES = sum(1 << state for state in (1, 2, 3, 4, 5, 8, 9, 11))
 STATES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2", 6: "time_wait",
           7: "close", 8: "close_wait", 9: "last_ack", 10: "listen", 11: "closing"}
 
-# (name, offset in struct tcp_info, format): the kernel's uapi layout (linux/tcp.h).
-_FIELDS = (
-    ("state", 0, "B"),
-    ("snd_mss", 16, "I"),
-    ("lost", 32, "I"),
-    ("rtt_us", 68, "I"),
-    ("rttvar_us", 72, "I"),
-    ("snd_ssthresh", 76, "I"),
-    ("snd_cwnd", 80, "I"),
-    ("total_retrans", 100, "I"),
-    ("pacing_rate", 104, "Q"),
-    ("bytes_acked", 120, "Q"),
-    ("bytes_received", 128, "Q"),
-    ("min_rtt_us", 148, "I"),
-    ("delivery_rate", 160, "Q"),
-    ("bytes_sent", 200, "Q"),
-)
-
 
 #: Every field of struct tcp_info (linux/tcp.h) after its first 8 bytes, in order, by its name
 #: without ``tcpi_``; the first 8 bytes are unpacked by :func:`_info_dict`.
@@ -78,6 +60,29 @@ _HEAD = struct.Struct("=8B")
 
 _ALL = struct.Struct("=8B" + "".join(code for _, code in TCP_INFO_FIELDS))
 _ALL_NAMES = tuple(name for name, _ in TCP_INFO_FIELDS)
+
+
+def _field_offsets() -> dict[str, tuple[int, str]]:
+    """Where each named tcp_info field is: (offset, struct code); the bit fields are left out."""
+    offsets = {"state": (0, "B"), "ca_state": (1, "B"), "retransmits": (2, "B"), "probes": (3, "B"),
+               "backoff": (4, "B"), "options": (5, "B")}
+    at = 8
+    for name, code in TCP_INFO_FIELDS:
+        offsets[name] = (at, code)
+        at += struct.calcsize("=" + code)
+    return offsets
+
+
+_OFFSETS = _field_offsets()
+
+
+def _struct_of(fields: list[tuple[int, str]]) -> struct.Struct:
+    """One struct for tcp_info fields given as (offset, code) in offset order, padding between."""
+    fmt, at = "=", 0
+    for offset, code in fields:
+        fmt += (f"{offset - at}x" if offset > at else "") + code
+        at = offset + struct.calcsize("=" + code)
+    return struct.Struct(fmt)
 
 
 def _info_dict(buffer: bytes | bytearray, at: int, size: int) -> dict[str, Any]:
@@ -127,17 +132,12 @@ class TcpStats(NamedTuple):
         return self._asdict()
 
 
-def _full_layout() -> struct.Struct:
-    """One struct for every field of _FIELDS, with padding between them (a single unpack)."""
-    fmt, at = "=", 0
-    for _, offset, code in _FIELDS:
-        fmt += f"{offset - at}x" if offset > at else ""
-        fmt += code
-        at = offset + struct.calcsize("=" + code)
-    return struct.Struct(fmt)
-
-
-_FULL = _full_layout()
+#: The tcp_info field of each TcpStats field (TcpStats' times carry their unit in the name).
+_STATS_SOURCES = ("state", "snd_mss", "lost", "rtt", "rttvar", "snd_ssthresh", "snd_cwnd", "total_retrans",
+                  "pacing_rate", "bytes_acked", "bytes_received", "min_rtt", "delivery_rate", "bytes_sent")
+#: (TcpStats field, offset in struct tcp_info, format), in offset order.
+_FIELDS = tuple((name, *_OFFSETS[source]) for name, source in zip(TcpStats._fields, _STATS_SOURCES))
+_FULL = _struct_of([(offset, code) for _, offset, code in _FIELDS])
 
 
 def _unpack(buffer: bytes | bytearray, at: int, size: int) -> TcpStats:
@@ -179,18 +179,6 @@ def sweep_fields(names: tuple[str, ...], family: int = socket.AF_INET6) -> dict[
     return found
 
 
-def _field_offsets() -> dict[str, tuple[int, str]]:
-    """Where each named tcp_info field is: (offset, struct code); the bit fields are left out."""
-    offsets = {"state": (0, "B"), "ca_state": (1, "B"), "retransmits": (2, "B"), "probes": (3, "B"),
-               "backoff": (4, "B"), "options": (5, "B")}
-    at = 8
-    for name, code in TCP_INFO_FIELDS:
-        offsets[name] = (at, code)
-        at += struct.calcsize("=" + code)
-    return offsets
-
-
-_OFFSETS = _field_offsets()
 _PICKERS: dict[tuple[str, ...], Callable[[bytes | bytearray, int, int], dict[str, Any]]] = {}
 
 
@@ -203,12 +191,7 @@ def _picker(names: tuple[str, ...]) -> Callable[[bytes | bytearray, int, int], d
     if unknown:
         raise ValueError(f"not tcp_info fields: {', '.join(unknown)}")
     ordered = sorted(names, key=lambda name: _OFFSETS[name][0])
-    fmt, at = "=", 0
-    for name in ordered:
-        offset, code = _OFFSETS[name]
-        fmt += (f"{offset - at}x" if offset > at else "") + code
-        at = offset + struct.calcsize("=" + code)
-    whole = struct.Struct(fmt)
+    whole = _struct_of([_OFFSETS[name] for name in ordered])
 
     def pick(buffer: bytes | bytearray, at: int, size: int) -> dict[str, Any]:
         if size >= whole.size:
