@@ -95,8 +95,13 @@ def initramfs(kernel: Kernel, cache: Path, init_script: Path = HERE / "init.sh",
 
 
 def boot(kernel: Kernel, cache: Path, run_dir: Path, command: str, *, memory: str = "2G", cpus: int = 1,
-         timeout: float = 3600) -> int:
-    """Boot ``kernel``, run the shell ``command`` as root with ``run_dir`` shared, return its status."""
+         timeout: float = 3600, icount: bool = False) -> int:
+    """Boot ``kernel``, run the shell ``command`` as root with ``run_dir`` shared, return its status.
+
+    With ``icount`` the guest's clock counts its instructions, one nanosecond each (qemu's
+    ``-icount shift=0``): a time measured inside is then how many instructions ran, the same
+    on every run and every host, though not what they would cost on a real CPU.
+    """
     qemu = tool("qemu-system-x86_64", "qemu-system-x86")
     modprobe = tool("modprobe", "kmod")
     run_dir = run_dir.resolve()
@@ -117,6 +122,7 @@ def boot(kernel: Kernel, cache: Path, run_dir: Path, command: str, *, memory: st
         "-fsdev", f"local,id=run,path={run_dir},security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=run,mount_tag=run",
         "-kernel", str(kernel.image), "-initrd", str(initramfs(kernel, cache)), "-append", append,
+        *(["-icount", "shift=0,sleep=off"] if icount else []),
     ]
     try:
         with (run_dir / "qemu.log").open("wb") as log:

@@ -1,6 +1,6 @@
 """Run the test groups that need a kernel on each kernel of the matrix.
 
-    python tests/kmatrix/matrix.py [KERNEL ...] [--groups G,...] [--jobs N] [-- PYTEST-ARGS]
+    python tests/kmatrix/matrix.py [KERNEL ...] [--groups G,...] [--bench] [--jobs N] [-- PYTEST-ARGS]
 
 KERNEL is ``5.10``, ``6.1``, ``6.12`` (Debian 11, 12, 13), ``newest`` (the newest
 Debian kernel on the mirror), an exact Debian ABI such as ``6.1.0-57-amd64``, or
@@ -12,6 +12,11 @@ dependencies installed (``nox -s kernels`` does that). Results go to
 ``--out``: per kernel the check output, pytest's log and junit file, the
 console; for all of them report.md and report.json. The exit status is
 non-zero when any kernel failed.
+
+With ``--bench``, each kernel also runs tests/bench/bench_classifier.py (5 rounds of
+100,000 runs) after the tests, and the report lists its ratios per kernel. In a guest
+they are ratios under qemu's emulation, comparable between the guests of one run
+(run them one at a time, ``--jobs 1``, for steadier figures) but not with the host's.
 """
 
 from __future__ import annotations
@@ -34,11 +39,15 @@ HOST = "host"
 MATRIX = [*ALIASES, NEWEST, HOST]
 #: Test groups (directories of tests/) whose tests need a kernel.
 GROUPS = ["kernel", "netns", "e2e", "cli", "wheel"]
+#: bench_classifier.py's arguments in the matrix: emulated guests run several times slower.
+BENCH_ARGS = ["--rounds", "5", "--repeat", "100000"]
+BENCH_JSON = "bench_classifier.json"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flowlabel-kernels"
 
 
-def command(run_dir: Path, groups: list[str], pytest_args: list[str]) -> str:
-    """The shell script a guest (or the host) runs: check, then pytest, results into run_dir."""
+def command(run_dir: Path, groups: list[str], pytest_args: list[str], bench: bool = False) -> str:
+    """The shell script a guest (or the host) runs: check, then pytest (and the classifier
+    benchmark), results into run_dir."""
     env = {
         # The kernel-needing groups must not skip for want of privilege or a kernel.
         "FLOWLABEL_REQUIRE_KERNEL": "1",
@@ -50,25 +59,33 @@ def command(run_dir: Path, groups: list[str], pytest_args: list[str]) -> str:
     python = shlex.quote(sys.executable)
     out = shlex.quote(str(run_dir))
     tests = " ".join(shlex.quote(f"tests/{g}") for g in groups)
-    return "\n".join([
+    lines = [
         f"cd {shlex.quote(str(ROOT))}",
         *(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())),
         f"{python} -m flowlabel check > {out}/check.txt 2>&1",
-        f"{python} -m pytest -p no:cacheprovider -q -rs -m 'kernel or netns' --junitxml={out}/junit.xml "
-        f"{tests} {' '.join(map(shlex.quote, pytest_args))} > {out}/pytest.log 2>&1",
-        "status=$?",
-        "sync",
-        "exit $status",
-    ])
+        "status=0",
+    ]
+    if groups:
+        lines += [
+            f"{python} -m pytest -p no:cacheprovider -q -rs -m 'kernel or netns' --junitxml={out}/junit.xml "
+            f"{tests} {' '.join(map(shlex.quote, pytest_args))} > {out}/pytest.log 2>&1 || status=$?",
+        ]
+    if bench:
+        bench_args = " ".join(BENCH_ARGS)
+        lines += [
+            f"{python} tests/bench/bench_classifier.py {bench_args} --json {out}/{BENCH_JSON} "
+            f"> {out}/bench_classifier.txt 2>&1 || status=$?",
+        ]
+    return "\n".join([*lines, "sync", "exit $status"])
 
 
 def run_one(name: str, kernel: Kernel | None, out: Path, groups: list[str], pytest_args: list[str],
-            timeout: float, memory: str) -> report.Result:
+            timeout: float, memory: str, bench: bool, icount: bool = False) -> report.Result:
     run_dir = (out / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for old in ("check.txt", "junit.xml", "pytest.log", "console.log"):
+    for old in ("check.txt", "junit.xml", "pytest.log", "console.log", BENCH_JSON, "bench_classifier.txt"):
         (run_dir / old).unlink(missing_ok=True)
-    script = command(run_dir, groups, pytest_args)
+    script = command(run_dir, groups, pytest_args, bench)
     started = time.monotonic()
     print(f"{name}: started", flush=True)
     if kernel is None:
@@ -77,12 +94,13 @@ def run_one(name: str, kernel: Kernel | None, out: Path, groups: list[str], pyte
         status = subprocess.run(["sh", str(run_dir / "command.sh")], env=env, timeout=timeout).returncode
         abi = os.uname().release
     else:
-        status = guest.boot(kernel, CACHE, run_dir, script, memory=memory, timeout=timeout)
+        status = guest.boot(kernel, CACHE, run_dir, script, memory=memory, timeout=timeout, icount=icount)
         abi = kernel.abi
     seconds = time.monotonic() - started
     print(f"{name}: exit status {status} after {seconds:.0f} s", flush=True)
     check = (run_dir / "check.txt").read_text() if (run_dir / "check.txt").exists() else "(no output)"
-    return report.Result(name, abi, status, seconds, check, report.read_junit(run_dir / "junit.xml"))
+    return report.Result(name, abi, status, seconds, check, report.read_junit(run_dir / "junit.xml"),
+                         report.read_bench(run_dir / BENCH_JSON))
 
 
 def main(argv: list[str]) -> int:
@@ -92,7 +110,11 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kernels", nargs="*", default=MATRIX, help=f"default: {' '.join(MATRIX)}")
     parser.add_argument("--groups", default=",".join(GROUPS),
-                        help="test groups (directories of tests/) to run")
+                        help="test groups (directories of tests/) to run; empty for none")
+    parser.add_argument("--bench", action="store_true",
+                        help="also run the classifier benchmark (BPF_PROG_TEST_RUN) on each kernel")
+    parser.add_argument("--icount", action="store_true",
+                        help="guests count instructions as time (qemu -icount): steady benchmark figures")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="guests at once (one CPU each)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "kernels")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one kernel may take")
@@ -119,7 +141,7 @@ def main(argv: list[str]) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_one, name, kernel, args.out, groups, pytest_args, args.timeout,
-                               args.memory) for name, kernel in kernels.items()]
+                               args.memory, args.bench, args.icount) for name, kernel in kernels.items()]
         results = [f.result() for f in futures]
     print(report.write(results, groups, args.out))
     print(f"report: {args.out / 'report.md'}")

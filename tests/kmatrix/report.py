@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Result:
     seconds: float
     check: str
     cells: dict[str, Cell]
+    bench: dict[str, Any] | None = None  # bench_classifier.py's JSON, when the run had --bench
 
 
 def group_of(classname: str) -> str:
@@ -61,6 +63,33 @@ def read_junit(path: Path) -> dict[str, Cell]:
     return cells
 
 
+def read_bench(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+#: The classifier benchmark's cases, in the order of its own table.
+BENCH_CASES = ("hit", "hit_cold_cache", "miss", "miss_filter_set", "non_ipv6", "floor_hit")
+
+
+def bench_table(results: list[Result]) -> str:
+    """Each kernel's BPF_PROG_TEST_RUN figures: the marker's time beyond the empty program's, and
+    its ratio to it (median). Under ``--icount`` a nanosecond is one instruction executed."""
+    benched = [r for r in results if r.bench]
+    if not benched:
+        return ""
+    head = ["kernel", "empty ns", *BENCH_CASES, "xlated bytes"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in benched:
+        assert r.bench is not None
+        figures, empty = r.bench["results"], r.bench["empty_ns"]
+        cells = [f"+{figures[c]['ns'] - empty:g} ({figures[c]['ratio']:.2f}x)" if c in figures else "-"
+                 for c in BENCH_CASES]
+        rows.append("| " + " | ".join([r.abi, f"{empty:g}", *cells, str(r.bench["program"]["xlated_bytes"])])
+                    + " |")
+    title = "The classifier per kernel (BPF_PROG_TEST_RUN): ns beyond the empty program (ratio to it)"
+    return f"\n## {title}\n\n" + "\n".join(rows) + "\n"
+
+
 def attach_path(check: str) -> str:
     for line in check.splitlines():
         if line.startswith("attach"):
@@ -85,7 +114,7 @@ def markdown(results: list[Result], groups: list[str]) -> str:
         cells = [str(r.cells.get(g, "not run")) for g in groups]
         row = [f"{r.name} ({r.abi})", attach_path(r.check), socket_tracking(r.check), check_ok, *cells]
         rows.append("| " + " | ".join(row) + " |")
-    text = "\n".join(rows) + "\n"
+    text = "\n".join(rows) + "\n" + bench_table(results)
     for r in results:
         text += f"\n### `flowlabel check` on {r.abi}\n\n```\n{r.check.rstrip()}\n```\n"
         failed = [name for cell in r.cells.values() for name in cell.failures]
@@ -101,6 +130,7 @@ def write(results: list[Result], groups: list[str], out: Path) -> str:
         {"name": r.name, "abi": r.abi, "status": r.status, "seconds": round(r.seconds),
          "check": r.check, "groups": {g: dict(c.outcomes) | {"skip reasons": dict(c.reasons),
                                                             "failed tests": c.failures}
-                                      for g, c in r.cells.items()}}
+                                      for g, c in r.cells.items()},
+         "bench_classifier": r.bench}
         for r in results], indent=1))
     return text
