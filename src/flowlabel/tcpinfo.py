@@ -275,19 +275,47 @@ def _dump_stats(family: int, found: dict[Socket, TcpStats]) -> None:
 
 def _dump(family: int, found: dict[Socket, Any],
           unpack: Callable[[bytes | bytearray, int, int], dict[str, Any]] = _info_dict) -> None:
-    """:func:`sweep_info`'s dump: ``unpack`` makes the dict of each tcp_info, ``cong`` is added."""
+    """:func:`sweep_info`'s dump: ``unpack`` makes the dict of each tcp_info, ``cong`` is added.
+
+    As in :func:`_dump_stats`, a message laid out as the last one read in full (same length,
+    the same attribute headers where its tcp_info and congestion control were) is read at
+    those offsets without walking its attributes."""
     extensions = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1)
+    unpack_head, header = _RTATTR.unpack_from, _RTATTR.size
+    known_length, info_at, info_size, cong_at = -1, 0, 0, 0
+    info_head: tuple[int, int] | None = None
+    cong_head: tuple[int, int] | None = None
+    cong_text = struct.Struct("0s")
+    names: dict[bytes, str] = {}
     for buffer, offset, length in _messages(family, extensions):
-        info: dict[str, Any] | None = None
+        if (length == known_length and unpack_head(buffer, offset + info_at - header) == info_head
+                and (cong_head is None or unpack_head(buffer, offset + cong_at - header) == cong_head)):
+            info = unpack(buffer, offset + info_at, info_size)
+            if cong_head is None:
+                info["cong"] = None
+            else:
+                raw = cong_text.unpack_from(buffer, offset + cong_at)[0]
+                cong = names.get(raw)
+                if cong is None:
+                    cong = names[raw] = raw.split(b"\0")[0].decode()
+                info["cong"] = cong
+            found[_key(buffer, offset)] = info
+            continue
+        whole: dict[str, Any] | None = None
         cong = None
+        cong_head = None
         for attr_type, at, size in _attributes(buffer, offset, length):
             if attr_type == INET_DIAG_INFO:
-                info = unpack(buffer, at, size)
+                whole = unpack(buffer, at, size)
+                info_at, info_size, info_head = at - offset, size, (size + header, INET_DIAG_INFO)
             elif attr_type == INET_DIAG_CONG:
                 cong = bytes(buffer[at : at + size]).split(b"\0")[0].decode()
-        if info is not None:
-            info["cong"] = cong
-            found[_key(buffer, offset)] = info
+                cong_at, cong_head = at - offset, (size + header, INET_DIAG_CONG)
+                cong_text = struct.Struct(f"{size}s")
+        known_length = length if whole is not None else -1
+        if whole is not None:
+            whole["cong"] = cong
+            found[_key(buffer, offset)] = whole
 
 
 def of_flow(sockets: dict[Socket, T], flow: Flow) -> T | None:

@@ -120,6 +120,56 @@ def test_a_sweep_of_many_sockets_finds_each_once(pair: Pair) -> None:
         server.close()
 
 
+#: tcp_info fields that do not move on an idle connection (the last_* ones count milliseconds).
+STEADY = ("state", "snd_mss", "snd_cwnd", "snd_ssthresh", "bytes_acked", "bytes_sent", "bytes_received",
+          "min_rtt", "rtt", "advmss", "pmtu", "segs_out", "segs_in")
+
+
+def every_attribute(family: int = socket.AF_INET6) -> dict[tcpinfo.Socket, dict[str, object]]:
+    """The dump of sweep_info read the slow way: every attribute of every message looked at."""
+    found: dict[tcpinfo.Socket, dict[str, object]] = {}
+    extensions = 1 << (tcpinfo.INET_DIAG_INFO - 1) | 1 << (tcpinfo.INET_DIAG_CONG - 1)
+    for buffer, offset, length in tcpinfo._messages(family, extensions):
+        attrs = {kind: bytes(buffer[at : at + size])
+                 for kind, at, size in tcpinfo._attributes(buffer, offset, length)}
+        info = tcpinfo._info_dict(attrs[tcpinfo.INET_DIAG_INFO], 0, len(attrs[tcpinfo.INET_DIAG_INFO]))
+        info["cong"] = attrs[tcpinfo.INET_DIAG_CONG].split(b"\0")[0].decode()
+        found[tcpinfo._key(buffer, offset)] = info
+    return found
+
+
+def test_sweeps_read_what_every_attribute_says_with_mixed_congestion_controls(pair: Pair) -> None:
+    # Two congestion controls of different name lengths give two message layouts, interleaved,
+    # so the sweeps go back and forth between reading at known offsets and walking attributes.
+    with pair.b.entered():
+        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.bind((B, 0))
+    server.listen(512)
+    clients = []
+    with pair.a.entered():
+        for n in range(200):
+            c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno" if n % 3 else b"cubic")
+            c.connect((B, server.getsockname()[1]))
+            clients.append(c)
+        reference = every_attribute()
+        whole = tcpinfo.sweep_info()
+        lean = tcpinfo.sweep_fields(("snd_cwnd", "bytes_sent"))
+    try:
+        assert len(reference) == 200 and set(whole) == set(lean) == set(reference)
+        congs = {info["cong"] for info in reference.values()}
+        assert congs == {"reno", "cubic"}, congs
+        for key, info in reference.items():
+            assert {f: whole[key][f] for f in (*STEADY, "cong")} == {f: info[f] for f in (*STEADY, "cong")}
+            assert set(whole[key]) == set(info)
+            assert lean[key] == {"snd_cwnd": info["snd_cwnd"], "bytes_sent": info["bytes_sent"],
+                                 "cong": info["cong"]}
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
+
+
 #: flowd-go 2.x's per-flow metrics (backends/prometheus/metrics.go).
 FLOWD_GO_FLOW_GAUGES = {f"flow_tcp_{name}" for name in (
     "retrans", "rto", "ato", "rtt", "rtt_var", "minrtt", "pmtu", "mss", "rcvmss", "advmss", "cwnd",
