@@ -323,4 +323,6 @@ def of_flow(sockets: dict[Socket, T], flow: Flow) -> T | None:
     if flow.protocol != "tcp" or flow.src.version != 6:
         return None
     src, dst = flow.src.packed, flow.dst.packed
-    return sockets.get((src, dst, flow.sport, flow.dport)) or sockets.get((dst, src, flow.dport, flow.sport))
+    found = sockets.get((src, dst, flow.sport, flow.dport))
+    # Not `or`: a sweep of no fields finds empty dicts, which are false.
+    return found if found is not None else sockets.get((dst, src, flow.dport, flow.sport))
