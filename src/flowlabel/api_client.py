@@ -58,12 +58,16 @@ class ApiClient:
             self.url = url
             self._host, self._port = "localhost", 0
             return
-        parts = urlsplit(url if "//" in url else f"http://{url}")
+        try:
+            parts = urlsplit(url if "//" in url else f"http://{url}")
+            port = parts.port  # raises for a port that is not a number 0-65535
+        except ValueError as exc:
+            raise ApiError(f"not an http:// URL or unix:PATH: {url!r} ({exc})") from None
         if parts.scheme != "http" or not parts.hostname:
             raise ApiError(f"not an http:// URL or unix:PATH: {url!r}")
         self.url = f"http://{parts.netloc}"
         self._host = parts.hostname
-        self._port = parts.port or 80
+        self._port = port or 80
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._unix is not None:

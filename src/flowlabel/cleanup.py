@@ -29,7 +29,7 @@ from .bpf.attach import (
     tcx_programs,
 )
 from .bpf.program import PROGRAM_NAME
-from .errors import AttachConflictError
+from .errors import AttachConflictError, InterfaceError
 from .netif import egress_filter_program, links
 
 __all__ = ["Leftover", "cleanup"]
@@ -52,7 +52,13 @@ def cleanup(*, dry_run: bool = False, interfaces: list[str] | None = None) -> li
     """Remove (with ``dry_run``: list) flowlabel's leftovers on the interfaces of this namespace."""
     found: list[Leftover] = []
     remove = "would remove" if dry_run else "removed"
-    for link in links():
+    present = links()
+    if interfaces is not None:
+        # A mistyped name would otherwise look like an interface with nothing left on it.
+        unknown = sorted(set(interfaces) - {link.name for link in present})
+        if unknown:
+            raise InterfaceError(f"no interface {', '.join(unknown)} in this network namespace")
+    for link in present:
         if interfaces is not None and link.name not in interfaces:
             continue
         try:

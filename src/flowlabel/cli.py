@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -384,8 +385,10 @@ def _event(args: argparse.Namespace) -> int:
         "src_port": args.sport,
         "dst_ip": args.dst,
         "dst_port": args.dport,
-        "experiment": int(args.experiment) if args.experiment.isdigit() else args.experiment,
-        "activity": int(args.activity) if args.activity.isdigit() else args.activity,
+        # As given: the daemon reads decimal text as an ID and anything else as a name, and
+        # names what it refuses.
+        "experiment": args.experiment,
+        "activity": args.activity,
     }
     if args.application:
         document["application"] = args.application
@@ -406,9 +409,20 @@ def _event(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_reading
     from .config.show import effective, render
+    from .registry import Registry, RegistryError
+    from .rules import compile_rules, from_config
 
     try:
-        config, reading = load_reading(args.config)
+        # As `run` reads it: a file every user may write is refused, and so are site rules
+        # that name what the registry does not have or that the classifier cannot hold.
+        config, reading = load_reading(args.config, trusted=True)
+        if config.rules:
+            try:
+                registry = Registry.load(config.registry, timeout=5.0)
+            except RegistryError as exc:
+                reading.warnings.append(f"the site rules were not checked: registry: {exc}")
+            else:
+                compile_rules(from_config(config, registry))
     except ConfigError as exc:
         raise _Failure(f"configuration: {exc}", 2) from None
     if args.json:
@@ -424,6 +438,8 @@ def _top(args: argparse.Namespace) -> int:
     from .api_client import ApiError
     from .top import run
 
+    if not (args.interval > 0 and math.isfinite(args.interval)):
+        raise _Failure(f"--interval must be a positive number of seconds, not {args.interval}", 2)
     client = _client(args)
     registry = _registry(args.config)
 
@@ -435,20 +451,18 @@ def _top(args: argparse.Namespace) -> int:
         client.flows()  # fail here, with one line, when the daemon cannot be reached
     except ApiError as exc:
         raise _Failure(str(exc)) from None
-    if args.interval <= 0:
-        raise _Failure("--interval must be positive", 2)
     run(client.flows, names, args.interval, args.sort)
     return 0
 
 
 def _cleanup(args: argparse.Namespace) -> int:
     from .cleanup import cleanup
-    from .errors import MarkerError
+    from .errors import InterfaceError, MarkerError
 
     try:
         found = cleanup(dry_run=args.dry_run, interfaces=args.interfaces or None)
     except MarkerError as exc:
-        raise _Failure(f"cleanup: {exc}") from None
+        raise _Failure(f"cleanup: {exc}", 2 if isinstance(exc, InterfaceError) else 1) from None
     for leftover in found:
         print(leftover)
     if not any(leftover.action != "kept" for leftover in found):

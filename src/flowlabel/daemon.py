@@ -309,14 +309,9 @@ class Daemon:
     def _load_registry(self) -> Registry:
         from .registry import RegistryError
 
-        source = self.config.registry
         cache = os.path.join(self.config.work_dir, "registry-cache.json")
         try:
-            if source is None:
-                return Registry.bundled()
-            if source.lower().startswith(("http://", "https://")):
-                return Registry.from_url(source, timeout=5.0, cache_path=cache)
-            return Registry.from_file(source)
+            return Registry.load(self.config.registry, timeout=5.0, cache_path=cache)
         except RegistryError as exc:
             raise StartupError(f"cannot load the registry: {exc}") from None
 

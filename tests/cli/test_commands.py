@@ -94,3 +94,38 @@ def test_the_api_address_comes_from_the_configuration(tmp_path: Path) -> None:
     config.write_text("{}")
     result = flowlabel("--config", str(config), "flows")
     assert result.returncode == 2 and "has no plugins.api" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://[::1"])
+def test_a_bad_api_url_is_named_without_a_traceback(url: str) -> None:
+    result = flowlabel("flows", "--api", url)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"flowlabel: not an http:// URL or unix:PATH: {url!r}")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("experiment", ["\u00b2", "9" * 5000])
+def test_start_sends_ids_as_given_for_the_daemon_to_judge(experiment: str) -> None:
+    # Once turned into numbers here, with a traceback for these; now the daemon is asked.
+    result = flowlabel("start", "--api", "http://127.0.0.1:1", "tcp", "::1", "1", "::1", "2", experiment, "1")
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach the flowlabel daemon" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("interval", ["nan", "0", "-1", "inf"])
+def test_top_refuses_an_interval_before_asking_the_daemon(interval: str) -> None:
+    result = flowlabel("top", "--api", "http://127.0.0.1:1", "--interval", interval)
+    assert result.returncode == 2, result.stderr
+    assert "--interval must be a positive number of seconds" in result.stderr
+
+
+def test_config_refuses_what_run_refuses(tmp_path: Path) -> None:
+    config = tmp_path / "flowlabel.json"
+    config.write_text("{}")
+    config.chmod(0o666)
+    result = flowlabel("--config", str(config), "config")
+    assert result.returncode == 2 and "is writable by every user" in result.stderr, result.stderr
+    config.chmod(0o644)
+    config.write_text('{"rules": [{"experiment": "nosuch", "activity": 1}]}')
+    result = flowlabel("--config", str(config), "config")
+    assert result.returncode == 2 and "rules[0]" in result.stderr and "nosuch" in result.stderr, result.stderr

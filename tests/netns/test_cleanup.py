@@ -78,3 +78,14 @@ def test_cleanup_skips_an_interface_a_running_marker_holds(pair: Pair) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_cleanup_names_an_interface_that_is_not_there_and_touches_nothing(pair: Pair) -> None:
+    killed_marker(pair)
+    done = subprocess.run(["ip", "netns", "exec", pair.a.name, *as_the_unit(), sys.executable, "-m",
+                           "flowlabel", "cleanup", pair.if_a, "nosuchif0"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done
+    assert done.stderr.strip() == "flowlabel: cleanup: no interface nosuchif0 in this network namespace"
+    assert OURS in _egress_filters(pair.a, pair.if_a)  # a typo stops it before it removes anything
+    assert f"{pair.if_a}: removed filter" in cleanup(pair, pair.if_a)

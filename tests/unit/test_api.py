@@ -95,6 +95,9 @@ def test_start_list_end(cfg: config.Config) -> None:
         assert client.end(EVENT)["outcome"] == "ended"
         assert client.flows() == []
         assert client.end(EVENT)["outcome"] == "unknown_end"
+        # The state in any case, as POST /flows takes it.
+        client.start({**EVENT, "state": "START"})
+        assert client.end({**EVENT, "state": "End"})["outcome"] == "ended"
 
     with_daemon(cfg, body)
 
@@ -216,6 +219,12 @@ def test_keep_alive_serves_several_requests(cfg: config.Config) -> None:
 def test_unreachable_daemon_is_a_clear_error() -> None:
     with pytest.raises(ApiError, match=r"cannot reach the flowlabel daemon at http://127\.0\.0\.1:1"):
         ApiClient("http://127.0.0.1:1").flows()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://[::1", "http://host:port", "ftp://host"])
+def test_a_bad_url_is_a_clear_error(url: str) -> None:
+    with pytest.raises(ApiError, match="not an http:// URL or unix:PATH"):
+        ApiClient(url)
 
 
 def test_flows_survive_a_restart(cfg: config.Config) -> None:
