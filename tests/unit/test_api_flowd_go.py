@@ -84,6 +84,11 @@ def test_root_and_dummy_routes(cfg: config.Config) -> None:  # noqa: F811
         ({**START, "State": 7}, "State"),
         ({**START, "Protocol": "icmp"}, "Protocol"),
         ({**START, "Family": 2}, "Family"),
+        ({**START, "Family": [10]}, "Family"),  # not hashable: once a TypeError, an answer of 500
+        ({**START, "Family": {"v": 10}}, "Family"),
+        ({**START, "Family": 10.5}, "Family"),
+        ({**START, "Src": "[2001:db8::1]:\u00b2"}, "Src"),  # a digit int() refuses
+        ({**START, "Src": "[2001:db8::1]:" + "1" * 5000}, "Src"),  # longer than int() reads
         ({**START, "Src": "2001:db8::1"}, "Src"),
         ({**START, "Dst": {"IP": "192.0.2.1", "Port": 1}}, "Dst"),
         ({**START, "Activity": 64}, "Activity"),

@@ -118,6 +118,17 @@ def test_discovery_alone_names_no_interface() -> None:
          "backends.firefly.collectorAddress: must be an IPv4 or IPv6 address or a host name"),
         ({"backends": {"firefly": {"collectors": ["c.example:x"]}}},
          'backends.firefly.collectors: "c.example:x": has a port that is not a number'),
+        # Digits int() refuses, numbers of any length and a bracketed address's port: each named.
+        ({"backends": {"firefly": {"collectors": ["c.example:\u00b2"]}}},
+         'backends.firefly.collectors: "c.example:\\u00b2": has a port that is not a number'),
+        ({"backends": {"firefly": {"collectors": ["[::1]:" + "9" * 5000]}}},
+         "backends.firefly.collectors: \"[::1]:999"),
+        ({"backends": {"firefly": {"collectors": ["[::1]:abc"]}}},
+         'backends.firefly.collectors: "[::1]:abc": has a port that is not a number'),
+        ({"backends": {"firefly": {"collectors": ["[::1]x:99"]}}},
+         'backends.firefly.collectors: "[::1]x:99": has a port that is not a number'),
+        ({"backends": {"firefly": {"collectors": ["[::1"]}}},
+         'backends.firefly.collectors: "[::1": has no closing ]'),
         ({"backends": {"ebpf": {}, "marker": {}}},
          "backends.marker: ebpf and marker are the same setting; give one"),
         ({"backends": {"marker": {"matchAll": True}}},
@@ -178,3 +189,10 @@ def test_the_daemon_refuses_a_world_writable_file(tmp_path: Path) -> None:
         config.load(path, trusted=True)
     path.chmod(0o664)
     assert config.load(path, trusted=True) == parse({})
+
+
+def test_the_documented_packaged_file_is_the_packaged_file() -> None:
+    root = Path(__file__).resolve().parents[2]
+    docs = (root / "docs" / "configuration.md").read_text()
+    quoted = docs.split("as shipped in `packaging/flowlabel.json`:\n\n```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(quoted) == json.loads((root / "packaging" / "flowlabel.json").read_text())

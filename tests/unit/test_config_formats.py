@@ -319,3 +319,17 @@ def test_the_unit_replaces_flowd_and_flowd_go_and_may_write_their_paths(tmp_path
         # /var/run is /run on every systemd host.
         resolved = Path(path.replace("/var/run/", "/run/", 1))
         assert any(resolved.is_relative_to(w) for w in writable), path
+
+
+def test_yaml_aliases_that_expand_without_end_are_refused(tmp_path: Path) -> None:
+    # Eight levels of ten aliases each: 10**8 values from a file of ten lines.
+    levels = ["enrichers:", "  netlink:", "    x0: &x0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+    levels += [f"    x{n}: &x{n} [{', '.join([f'*x{n - 1}'] * 10)}]" for n in range(1, 9)]
+    path = write(tmp_path, "conf.yaml", "\n".join(levels) + "\n")
+    with pytest.raises(ConfigError, match=r"more than 100,000 values once its YAML aliases are expanded"):
+        config.load(path)
+
+
+def test_yaml_aliases_within_reason_are_read(tmp_path: Path) -> None:
+    text = "enrichers:\n  netlink:\n    a: &a {b: 1}\n    c: *a\n"
+    assert config.load(write(tmp_path, "conf.yaml", text)).enrichers.netlink == {"a": {"b": 1}, "c": {"b": 1}}

@@ -91,6 +91,10 @@ def decode(name: str, data: bytes) -> tuple[object, Reading]:
 # -- YAML ----------------------------------------------------------------------------------------
 
 
+#: Values a YAML configuration may hold, its aliases expanded.
+YAML_MAX_VALUES = 100_000
+
+
 def _yaml(text: str, name: str, base: str, reading: Reading) -> object:
     import yaml
 
@@ -106,8 +110,15 @@ def _yaml(text: str, name: str, base: str, reading: Reading) -> object:
     if root is None:
         return {}  # only comments: like flowd-go, nothing is enabled
     constructor = yaml.SafeLoader("")
+    budget = [YAML_MAX_VALUES]
 
     def build(node: yaml.Node, path: str) -> object:
+        # Aliases may repeat a node any number of times: a few nested ones make a file of a few
+        # lines expand to billions of values ("billion laughs").
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(path, f"{name} holds more than {YAML_MAX_VALUES:,} values once its YAML "
+                                    "aliases are expanded; a configuration needs far fewer")
         if isinstance(node, yaml.MappingNode):
             out: dict[object, object] = {}
             for key_node, value_node in node.value:

@@ -180,9 +180,9 @@ def _not_supported(what: str) -> Check:
     """A check that refuses any value that asks for ``what``."""
 
     def check(value: object) -> str | None:
-        if value is None or value is False:
+        if value is None:
             return None
-        return f"{what} is not supported by flowlabel yet; remove this key (or set it to false) to run"
+        return f"{what} is not supported by flowlabel yet; remove this key (or set it to null) to run"
 
     return check
 
@@ -342,18 +342,29 @@ class FireflySender:
 
 
 def split_endpoint(text: str, default_port: int) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT``, ``[IPV6]:PORT`` or a bare IPv6 address, as (host, port)."""
+    """``HOST``, ``HOST:PORT``, ``[IPV6]``, ``[IPV6]:PORT`` or a bare IPv6 address, as (host, port);
+    the port is -1 where one is written but is not a number (or the bracket is not closed)."""
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            return host, -1
+        return host, _port_number(rest[1:]) if rest else default_port
     if text.count(":") == 1:
         host, _, port = text.partition(":")
-        return host, int(port) if port.isdigit() else -1
+        return host, _port_number(port)
     return text, default_port
+
+
+def _port_number(text: str) -> int:
+    """A decimal port as written, or -1: ``isdigit()`` alone lets through digits that ``int()``
+    refuses ("²") and numbers of any length."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else -1
 
 
 def _collector(text: str) -> str | None:
     host, port = split_endpoint(text, FIREFLY_PORT)
+    if text.startswith("[") and "]" not in text:
+        return f"{json.dumps(text)}: has no closing ] (write [IPV6] or [IPV6]:PORT)"
     problem = _host(host) or (_peer_port(port) if port != -1 else "has a port that is not a number")
     return None if problem is None else f"{json.dumps(text)}: {problem}"
 

@@ -39,6 +39,7 @@ from .event import (
     date_time,
     experiment_id,
     integer,
+    integral,
     new_event,
     optional_str,
     parse_address,
@@ -82,7 +83,8 @@ def _endpoint(value: object, field: str) -> tuple[Any, int]:
         return parse_address(text, f"{field}.IP"), port
     if isinstance(value, str):
         host, sep, port_text = value.rpartition(":")
-        if not sep or not port_text.isdigit():
+        # isdigit() alone lets through digits int() refuses ("²") and numbers of any length.
+        if not sep or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
             raise EventError(field, f"must be \"ADDRESS:PORT\" or \"[IPV6]:PORT\", got {show(value)}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
@@ -116,7 +118,8 @@ def parse_flowd_go(document: object) -> FlowEvent:
     same_family(src, dst, "Dst")
     family = members.get("family")
     if family is not None:
-        if family not in _FAMILIES or isinstance(family, bool):
+        family = integral(family)
+        if type(family) is not int or family not in _FAMILIES:  # a list or object is not hashable
             raise EventError("Family", f"must be 2 (IPv4) or 10 (IPv6), got {show(family)}")
         if _FAMILIES[family] != src.version:
             raise EventError("Family", f"is {family} but the addresses are IPv{src.version}")
