@@ -153,7 +153,10 @@ class Response(NamedTuple):
 
 
 def json_response(status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status, json.dumps(document, indent=1).encode() + b"\n", "application/json", headers)
+    # Compact, as flowd-go answers: with an indent, json.dumps runs its pure-Python encoder,
+    # which took 3.5 times as long for a list of 10,000 flows with their TCP statistics.
+    return Response(status, json.dumps(document, separators=(",", ":")).encode() + b"\n", "application/json",
+                    headers)
 
 
 def error_response(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
