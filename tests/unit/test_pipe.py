@@ -81,6 +81,15 @@ def test_flush_returns_the_pending_line() -> None:
     assert a.feed(b"new\n") == [b"new"]
 
 
+def test_flush_ends_the_skipping_of_an_overlong_line() -> None:
+    a = LineAssembler(10)
+    assert a.feed(b"x" * 15) == [b"x" * 11]
+    assert a.waiting
+    assert a.flush() == b""
+    assert not a.waiting
+    assert a.feed(b"next\n") == [b"next"]  # no longer taken for the rest of the long one
+
+
 def test_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         LineAssembler(0)
@@ -330,3 +339,25 @@ def test_names_need_and_use_the_registry(tmp_path: Path) -> None:
     assert [(e.experiment, e.activity) for e in sink.events] == [
         Registry.bundled().resolve("atlas", "Production Input")
     ]
+
+
+def test_after_an_unfinished_overlong_line_the_next_line_is_kept(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipe_module, "PARTIAL_LINE_TIMEOUT", 0.1)
+    path = tmp_path / "np"
+    sink = Sink()
+
+    async def main() -> None:
+        source = PipeSource(str(path), sink, max_line=100)
+        await source.start()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, write, path, b"x" * 150)  # no newline, and its writer goes
+        await settle(sink, 1)
+        await asyncio.sleep(0.3)  # the pause after which an unfinished line is given up
+        await loop.run_in_executor(None, write, path, LINE.format(8).encode())
+        await settle(sink, 2)
+        await source.stop()
+
+    asyncio.run(main())
+    assert len(sink.rejected) == 1 and "x" * 20 in sink.rejected[0]
+    assert [e.sport for e in sink.events] == [8]

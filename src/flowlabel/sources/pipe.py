@@ -74,6 +74,11 @@ class LineAssembler:
         """The start of a line that has no newline yet."""
         return self._partial
 
+    @property
+    def waiting(self) -> bool:
+        """A line is unfinished: one pending, or the rest of an overlong one being skipped."""
+        return bool(self._partial) or self._skipping
+
     def feed(self, chunk: bytes) -> list[bytes]:
         if not chunk:
             return []
@@ -111,8 +116,12 @@ class LineAssembler:
             self._partial = partial
 
     def flush(self) -> bytes:
-        """Give up waiting for the pending line's newline: return it and start afresh."""
+        """Give up waiting for the pending line's newline: return it and start afresh.
+
+        An overlong line being skipped ends here too: the next newline may be another
+        writer's, whose line must not be skipped with it."""
         partial, self._partial = self._partial, b""
+        self._skipping = False
         return partial
 
 
@@ -255,7 +264,7 @@ class PipeSource:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if self._assembler.pending and self._loop is not None:
+        if self._assembler.waiting and self._loop is not None:
             self._flush_timer = self._loop.call_later(PARTIAL_LINE_TIMEOUT, self._flush_partial)
 
     def _read(self) -> bool:
