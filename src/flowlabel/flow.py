@@ -52,6 +52,8 @@ class Flow(NamedTuple):
     @classmethod
     def of(cls, protocol: str, src: str | IPAddress, dst: str | IPAddress, sport: int, dport: int) -> Flow:
         """Build a flow from loosely typed parts, validating each one."""
+        if not isinstance(protocol, str):
+            raise ValueError(f"protocol must be tcp or udp, not {protocol!r}")
         proto = protocol.lower()
         if proto not in PROTOCOLS:
             raise ValueError(f"protocol must be tcp or udp, not {protocol!r}")

@@ -186,6 +186,10 @@ def save_state(path: str, flows: Iterable[Plain], *, durable: bool = False, jour
     return writer.count
 
 
+#: What reading one damaged entry can raise: any of them skips the entry, never the start.
+_BAD_ENTRY = (ValueError, TypeError, AttributeError, OverflowError, KeyError, IndexError)
+
+
 def _read_snapshot(path: str) -> tuple[list[FlowRecord], int]:
     """The flows in the state file at ``path`` and the journal generation that continues it."""
     try:
@@ -197,7 +201,7 @@ def _read_snapshot(path: str) -> tuple[list[FlowRecord], int]:
         raise StateFileError(f"cannot read the state file {path}: {exc.strerror}") from None
     try:
         document = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise StateFileError(f"the state file {path} is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
         raise StateFileError(f"{path} is not a version {STATE_VERSION} flowlabel state file")
@@ -211,7 +215,7 @@ def _read_snapshot(path: str) -> tuple[list[FlowRecord], int]:
     for i, row in enumerate(rows):
         try:
             records.append(_record(row))
-        except (ValueError, TypeError) as exc:
+        except _BAD_ENTRY as exc:
             log.warning("state file %s: flows[%d] skipped: %s", path, i, exc)
     return records, generation
 
@@ -324,7 +328,7 @@ def _replay(path: str, flows: dict[Flow, FlowRecord]) -> int:
                     record = _record(entry)
                     flows[record.flow] = record
                 count += 1
-            except (ValueError, TypeError) as exc:
+            except _BAD_ENTRY as exc:
                 log.warning("journal %s: line %d: an entry skipped: %s", path, number, exc)
     return count
 

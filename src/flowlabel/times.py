@@ -78,4 +78,7 @@ def to_microseconds(value: datetime) -> int:
 
 
 def from_microseconds(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
+    try:
+        return _EPOCH + timedelta(microseconds=value)
+    except OverflowError:
+        raise ValueError(f"{value} microseconds since 1970 is beyond the year 9999") from None

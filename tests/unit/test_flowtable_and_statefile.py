@@ -103,10 +103,19 @@ def test_bad_entries_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         [*good[:7], good[7] ^ 1 << 10, *good[8:]],  # a label that does not carry its IDs
         ["tcp", "192.0.2.1", 1, "192.0.2.2", 2, *good[5:]],
         [*good[:8], "yesterday", *good[9:]],
+        [None, *good[1:]],  # a protocol that is not a string
+        [*good[:8], 253402300800000000, *good[9:]],  # a start beyond the year 9999
     ]
     path.write_text(json.dumps(document))
     assert load_state(str(path)) == list(table)
-    assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 4
+    assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 6
+
+
+def test_a_state_file_nested_beyond_reason_is_not_a_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "flows.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(StateFileError, match="not valid JSON"):
+        load_state(str(path))
 
 
 @pytest.mark.parametrize("text", ["{not json", "[]", '{"version": 99, "flows": []}', '{"version": 1}'])
@@ -197,6 +206,21 @@ def test_a_torn_journal_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptur
     restored = restore_state(path)
     assert restored.records == list(table)
     assert any("line 2 skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_damaged_journal_entries_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "flows.json")
+    table = FlowTable()
+    journal = Journal(path, 1)
+    journal.append([table.apply(event("start", sport=1), "pipe")])
+    journal.close()
+    good = json.loads(Path(journal_path(path, 1)).read_text())[0]
+    with open(journal_path(path, 1), "a") as f:
+        f.write(json.dumps([[1, "2001:db8::1", 1, "2001:db8::2", 2]]) + "\n")  # an end, protocol a number
+        f.write(json.dumps([[*good[:8], 10**20, *good[9:]]]) + "\n")  # a start time out of range
+    restored = restore_state(path)
+    assert restored.records == list(table)
+    assert len([r for r in caplog.records if "an entry skipped" in r.getMessage()]) == 2
 
 
 def test_removed_flows_are_journaled(tmp_path: Path) -> None:
