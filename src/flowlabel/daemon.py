@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from . import __version__, times
+from . import __version__, logs, times
 from .config import Config, ConfigError
 from .events import FlowEvent
 from .flowtable import ENDED, FAILED, REJECTED, Change, FlowRecord, FlowTable
@@ -101,7 +101,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a terminal that closes on a foreground daemon is a stop, not a kill.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
@@ -117,7 +118,7 @@ class Daemon:
             notify_systemd("STOPPING=1")
         finally:
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def stop(self) -> None:
@@ -187,6 +188,7 @@ class Daemon:
             self.metrics.add_collector(self._prometheus.server.families)
             self._listeners.append(f"metrics {self._prometheus.url}")
         self._background(self._persistence.save_periodically, "saving the state file")
+        self._background(self._flush_logs_periodically, "the counts of unlogged warnings")
         firefly = self._firefly
         if firefly is not None and firefly.config.enrich:
             period = (cfg.enrichers.period if cfg.enrichers is not None else 1000) / 1000
@@ -327,6 +329,7 @@ class Daemon:
             except Exception:
                 log.exception("stopping %s failed", type(part).__name__)
         self._sources.clear()
+        logs.flush_all()
         self._persistence.close()
         if self._rule_fireflies is not None:
             self._rule_fireflies.stop()
@@ -453,6 +456,11 @@ class Daemon:
             next_due += period
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
             firefly.ongoing(list(self.table))
+
+    async def _flush_logs_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            logs.flush_all()
 
     async def _summarise_periodically(self) -> None:
         while True:

@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union
 
+from .logs import RateLimitedLog
+
 if TYPE_CHECKING:
     from .metrics import Family
 
@@ -79,6 +81,9 @@ class Guard:
     token: str | None = None
     #: Connections open at once from one client address (0: no limit).
     max_connections: int = 32
+    #: Connections open at once from all clients together (0: no limit): each holds a file
+    #: descriptor, and a daemon out of them can neither accept nor save its state.
+    max_total_connections: int = 256
     #: Requests per second from one client address, with as many in a burst (0: no limit).
     max_rate: float = 5000.0
     refused: dict[str, int] = field(default_factory=dict)
@@ -192,6 +197,7 @@ class HTTPServer:
         self._connections: set[asyncio.StreamWriter] = set()
         self._per_client: dict[str, int] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self._malformed = RateLimitedLog(log, 10, f"malformed requests to the {name} server")
 
     @property
     def url(self) -> str:
@@ -242,15 +248,19 @@ class HTTPServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         client = peername[0] if isinstance(peername, tuple) else _UNIX_PEER
-        limit = self.guard.max_connections
-        if limit and client != _UNIX_PEER and self._per_client.get(client, 0) >= limit:
-            self.guard.refuse("connections")
+        limit, total = self.guard.max_connections, self.guard.max_total_connections
+        over = None
+        if total and len(self._connections) >= total:
+            over = ("connections_total", f"more than {total} connections open")
+        elif limit and client != _UNIX_PEER and self._per_client.get(client, 0) >= limit:
+            over = ("connections", f"more than {limit} connections from {client}")
+        if over is not None:
+            self.guard.refuse(over[0])
             with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
                 # Read what was sent first: closing on unread data would reset the connection
                 # before the client sees why.
                 await asyncio.wait_for(reader.read(MAX_HEAD), 1.0)
-                await self._write(writer, error_response(503, f"more than {limit} connections from "
-                                                              f"{client}"), keep_alive=False)
+                await self._write(writer, error_response(503, over[1]), keep_alive=False)
             writer.close()
             return
         self._per_client[client] = self._per_client.get(client, 0) + 1
@@ -260,6 +270,9 @@ class HTTPServer:
                 try:
                     request, keep_alive = await self._read_request(reader)
                 except _BadRequest as exc:
+                    self.guard.refuse("malformed")
+                    self._malformed.warning("%s: a malformed request from %s refused (%d): %s", self.name,
+                                            client, exc.status, exc)
                     await self._write(writer, error_response(exc.status, str(exc)), keep_alive=False)
                     return
                 if request is None:
@@ -361,9 +374,10 @@ class HTTPServer:
         body = b""
         length_text = headers.get("content-length")
         if length_text is not None:
-            if not length_text.isdigit():
+            # isdigit() alone lets through digits int() refuses ("\u00b2", which a latin-1 head has).
+            if not (length_text.isascii() and length_text.isdigit()):
                 raise _BadRequest(400, f"bad Content-Length {length_text[:20]!r}")
-            length = int(length_text)
+            length = int(length_text) if len(length_text) <= 12 else MAX_BODY + 1
             if length > MAX_BODY:
                 raise _BadRequest(413, f"request body larger than {MAX_BODY} bytes")
             body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import weakref
 
-__all__ = ["RateLimitedLog", "setup"]
+__all__ = ["RateLimitedLog", "flush_all", "setup"]
+
+_LIVE: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
 
 
 def setup(level: str) -> None:
@@ -28,6 +31,7 @@ class RateLimitedLog:
         self._second = 0
         self._logged = 0
         self._unlogged = 0
+        _LIVE.add(self)
 
     def warning(self, message: str, *args: object) -> None:
         second = int(time.monotonic())
@@ -41,3 +45,16 @@ class RateLimitedLog:
             self._log.warning(message, *args)
         else:
             self._unlogged += 1
+
+    def flush(self) -> None:
+        """Log how many warnings went unlogged now, rather than with the next warning (which may
+        never come: a flood's last second would go unsaid)."""
+        if self._unlogged:
+            self._log.warning("%d more %s were not logged", self._unlogged, self._what)
+            self._unlogged = 0
+
+
+def flush_all() -> None:
+    """:meth:`RateLimitedLog.flush` every one of them."""
+    for limited in list(_LIVE):
+        limited.flush()

@@ -236,6 +236,15 @@ def test_sigterm_leaves_the_interface_as_found_and_a_restart_restores_flows(
     assert restarted.stop(signal.SIGINT) == 0
     assert interface_state(pair.a, pair.if_a) == before
 
+    # SIGHUP, as when the terminal of a daemon run in the foreground closes: the same clean stop.
+    third = Daemon(pair.a, tmp_path, daemon.document)
+    daemons.append(third.start())
+    assert third.stop(signal.SIGHUP) == 0
+    assert interface_state(pair.a, pair.if_a) == before
+    assert not third.pipe_path.exists() and not third.pid_path.exists()
+    assert third.log().count("final summary: ") == 3
+    assert len(json.loads(third.state_path.read_text())["flows"]) == len(flows) - 1
+
 
 def test_a_second_daemon_is_refused(pair: Pair, tmp_path: Path, daemons: list[Daemon]) -> None:
     daemon = Daemon.standard(pair, tmp_path)

@@ -5,6 +5,7 @@ The threat model is in docs/security.md.
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import json
 import os
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from test_api import EVENT, free_port, raw, with_daemon
 from flowlabel import config
 from flowlabel.api_client import ApiClient, ApiError
 from flowlabel.daemon import Daemon
+from flowlabel.httpd import Guard, HTTPServer, json_response
 
 
 def api_config(tmp_path: Path, **api: Any) -> config.Config:
@@ -196,3 +199,47 @@ def test_the_unix_socket_has_the_daemons_group_and_the_cli_uses_it(tmp_path: Pat
         daemon.terminate()
         assert daemon.wait(10) == 0, daemon.stderr.read() if daemon.stderr else ""
     assert not sock.exists()  # removed at exit
+
+
+def serve(guard: Guard, clients: Callable[[int], Any]) -> tuple[Any, dict[str, int]]:
+    """An HTTP server with ``guard`` and one route, while ``clients(port)`` runs in a thread."""
+    port = free_port()
+    routes = {"/health": {"GET": lambda request: json_response(200, {"status": "ok"})}}
+
+    async def main() -> Any:
+        server = HTTPServer("127.0.0.1", port, routes, guard=guard)
+        await server.start()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, clients, port)
+        finally:
+            await server.stop()
+
+    return asyncio.run(main()), guard.refused
+
+
+def test_connections_from_all_clients_together_are_capped() -> None:
+    def clients(port: int) -> bytes:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        time.sleep(0.2)
+        try:
+            return raw(port, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        finally:
+            for conn in held:
+                conn.close()
+
+    answer, counts = serve(Guard(max_connections=0, max_total_connections=3), clients)
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"more than 3 connections open" in answer
+    assert counts == {"connections_total": 1}
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /health HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",  # a digit int() refuses
+    b"POST /health HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+])
+def test_malformed_requests_are_answered_counted_and_logged(request_bytes: bytes,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    answer, counts = serve(Guard(), lambda port: raw(port, request_bytes))
+    assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ", b"HTTP/1.1 431 ")), answer[:80]
+    assert counts == {"malformed": 1}
+    assert any("a malformed request from 127.0.0.1 refused" in r.getMessage() for r in caplog.records)
