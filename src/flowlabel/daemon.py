@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from . import __version__, logs, times
 from .config import Config, ConfigError
 from .events import FlowEvent
-from .flowtable import ENDED, FAILED, REJECTED, Change, FlowRecord, FlowTable
+from .flowtable import ENDED, FAILED, REJECTED, Change, FlowRecord, FlowTable, Plain
 from .lifecycle import reap
 from .logs import RateLimitedLog
 from .metrics import Family, Metrics
@@ -306,7 +306,7 @@ class Daemon:
             if prom.flow_metrics:
                 from .flowmetrics import FlowMetrics
 
-                self.metrics.add_collector(FlowMetrics(self.flows, prom.max_flow_metrics).families)
+                self.metrics.add_collector(FlowMetrics(lambda: self.table, prom.max_flow_metrics).families)
 
     def _load_registry(self) -> Registry:
         from .registry import RegistryError
@@ -408,8 +408,9 @@ class Daemon:
 
     # -- views for the API ------------------------------------------------------------------
 
-    def flows(self) -> list[FlowRecord]:
-        return list(self.table)
+    def flow_rows(self) -> list[Plain]:
+        """Every flow as plain values: a listing of all of them need not make a record of each."""
+        return self.table.plain()
 
     def rule_list(self) -> list[dict[str, Any]]:
         """The site rules, each with the packets it decided so far."""
@@ -455,7 +456,7 @@ class Daemon:
         while True:
             next_due += period
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
-            firefly.ongoing(list(self.table))
+            firefly.ongoing(self.table)
 
     async def _flush_logs_periodically(self) -> None:
         while True:

@@ -80,10 +80,13 @@ class Flow(NamedTuple):
 
 def address_text(value: IPAddress) -> str:
     """The address as text, as ``str()`` writes it."""
+    return packed_text(value.packed) if value.version == 6 else str(value)
+
+
+def packed_text(packed: bytes) -> str:
+    """A packed IPv6 address (16 bytes) as text."""
     # inet_ntop is about ten times faster than str() of an ipaddress object.
-    if value.version == 6:
-        return inet_ntop(AF_INET6, value.packed)
-    return str(value)
+    return inet_ntop(AF_INET6, packed)
 
 
 # -- the flow as the classifier's map keys it ------------------------------------------------------

@@ -18,11 +18,11 @@ from .flow import (
     FLOW_KEY,
     PROTOCOL_NAMES,
     Flow,
-    address_text,
     flow_key,
     flow_of_key,
     key_destination,
     key_source,
+    packed_text,
 )
 from .label import decode, encode
 
@@ -62,20 +62,7 @@ class FlowRecord(NamedTuple):
 
     def as_api(self) -> dict[str, Any]:
         """The flow as the HTTP API lists it."""
-        flow = self.flow
-        return {
-            "protocol": flow.protocol,
-            "src_ip": address_text(flow.src),
-            "src_port": flow.sport,
-            "dst_ip": address_text(flow.dst),
-            "dst_port": flow.dport,
-            "experiment": self.experiment,
-            "activity": self.activity,
-            "label": self.label,
-            "start_time": None if self.start_time is None else times.format_time(self.start_time),
-            "application": self.application,
-            "source": self.source,
-        }
+        return self.plain().as_api()
 
 
 class Plain(NamedTuple):
@@ -92,6 +79,23 @@ class Plain(NamedTuple):
     start_us: int
     application: str | None
     source: str
+
+    def as_api(self) -> dict[str, Any]:
+        """The flow as the HTTP API lists it (made from plain values: a listing of every flow
+        need not make a record of each)."""
+        return {
+            "protocol": self.protocol,
+            "src_ip": packed_text(self.src),
+            "src_port": self.sport,
+            "dst_ip": packed_text(self.dst),
+            "dst_port": self.dport,
+            "experiment": self.experiment,
+            "activity": self.activity,
+            "label": self.label,
+            "start_time": None if self.start_us < 0 else times.format_microseconds(self.start_us),
+            "application": self.application,
+            "source": self.source,
+        }
 
 
 class Change(NamedTuple):
@@ -181,6 +185,11 @@ class FlowTable:
     def keys(self) -> list[bytes]:
         """The packed keys of the flows now active."""
         return list(self._flows)
+
+    def labels(self) -> list[tuple[bytes, int]]:
+        """(packed key, label) of every flow now active: what a pass over all flows each period
+        needs, without a record (its addresses and times as objects) for each."""
+        return [(key, value & _LABEL_BITS) for key, value in self._flows.items()]
 
     def plain(self, keys: Iterable[bytes] | None = None) -> list[Plain]:
         """Flows (all, or those of ``keys`` still active) as plain values, without making objects."""

@@ -15,10 +15,13 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
+from .flow import FLOW_KEY
+
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["TCP_INFO_FIELDS", "TcpStats", "of_flow", "sweep", "sweep_fields", "sweep_info"]
+__all__ = ["TCP_INFO_FIELDS", "TcpStats", "of_ends", "of_flow", "of_key", "sweep", "sweep_fields",
+           "sweep_info"]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -318,11 +321,22 @@ def _dump(family: int, found: dict[Socket, Any],
             found[_key(buffer, offset)] = whole
 
 
+def of_ends(sockets: dict[Socket, T], src: bytes, dst: bytes, sport: int, dport: int) -> T | None:
+    """The statistics of the local socket of the TCP flow between these packed addresses and
+    ports, announced in either orientation."""
+    found = sockets.get((src, dst, sport, dport))
+    # Not `or`: a sweep of no fields finds empty dicts, which are false.
+    return found if found is not None else sockets.get((dst, src, dport, sport))
+
+
+def of_key(sockets: dict[Socket, T], key: bytes) -> T | None:
+    """:func:`of_ends` for a flow's packed key (:data:`flowlabel.flow.FLOW_KEY`)."""
+    src, dst, sport, dport, proto = FLOW_KEY.unpack(key)
+    return of_ends(sockets, src, dst, sport, dport) if proto == socket.IPPROTO_TCP else None
+
+
 def of_flow(sockets: dict[Socket, T], flow: Flow) -> T | None:
-    """The statistics of the local socket of a TCP flow, announced in either orientation."""
+    """:func:`of_ends` for a flow; None for UDP and IPv4 flows."""
     if flow.protocol != "tcp" or flow.src.version != 6:
         return None
-    src, dst = flow.src.packed, flow.dst.packed
-    found = sockets.get((src, dst, flow.sport, flow.dport))
-    # Not `or`: a sweep of no fields finds empty dicts, which are false.
-    return found if found is not None else sockets.get((dst, src, flow.dport, flow.sport))
+    return of_ends(sockets, flow.src.packed, flow.dst.packed, flow.sport, flow.dport)

@@ -77,6 +77,11 @@ def to_microseconds(value: datetime) -> int:
     return round(value.timestamp() * 1_000_000)
 
 
+def format_microseconds(value: int) -> str:
+    """:func:`format_time` of a time kept as microseconds since 1970."""
+    return format_time(from_microseconds(value))
+
+
 def from_microseconds(value: int) -> datetime:
     try:
         return _EPOCH + timedelta(microseconds=value)

@@ -18,17 +18,22 @@ end firefly carries the last of them.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from typing import Any
 
 from .. import enrichment, tcpinfo, times
 from ..config import FireflySender
 from ..events import EventError, FlowEvent, OngoingFirefly, format_firefly, syslog_header
-from ..flowtable import ENDED, IPV4, STARTED, Change, FlowRecord
+from ..flow import Flow, key_protocol
+from ..flowtable import ENDED, IPV4, STARTED, Change, FlowTable
 from ..metrics import Family
 from ..udp import Target, UdpSender, resolve, target_of
 
 __all__ = ["FireflyBackend"]
+
+#: An ongoing firefly written but for its times and members, where it goes, and its flow.
+_Prepared = tuple[OngoingFirefly, Target, Flow]
 
 _NOT_RESENT = "firefly"
 
@@ -44,9 +49,10 @@ class FireflyBackend:
         self._encoder = enrichment.Encoder(config.enrichment_mode)
         #: The last tcp_info of each flow (by key), for its end firefly.
         self._last: dict[bytes, dict[str, Any]] = {}
-        #: Each enriched flow's ongoing firefly (written but for its times and TCP members) and
-        #: destination, by key and label (a flow can be relabelled); None where none can be written.
-        self._ongoing: dict[tuple[bytes, int], tuple[OngoingFirefly, Target] | None] = {}
+        #: Each enriched flow's ongoing firefly (written but for its times and TCP members),
+        #: destination and flow, by key and label (a flow can be relabelled); None where none
+        #: can be written.
+        self._ongoing: dict[tuple[bytes, int], _Prepared | None] = {}
 
     def start(self) -> None:
         """Resolve the collectors; a name that does not resolve raises :class:`ConfigError`."""
@@ -73,10 +79,14 @@ class FireflyBackend:
             elif outcome == IPV4 and event.state in ("start", "end"):
                 self.send(event)
 
-    def ongoing(self, records: list[FlowRecord]) -> int:
-        """An ongoing firefly for each TCP flow of ``records`` with a socket here; how many were sent."""
+    def ongoing(self, table: FlowTable) -> int:
+        """An ongoing firefly for each TCP flow of ``table`` with a socket here; how many were sent.
+
+        Each period touches every flow, so it works from the table's keys and labels; a flow's
+        record is read only when its firefly is first written (or its label changed)."""
+        flows = table.labels()
         sockets: dict[Any, dict[str, Any]] = {}
-        if any(r.flow.protocol == "tcp" for r in records):
+        if any(key_protocol(key) == socket.IPPROTO_TCP for key, _ in flows):
             # The lean shape needs a dozen fields, the others all of tcp_info.
             lean = self.config.enrichment_mode == "lean"
             sockets = tcpinfo.sweep_fields(enrichment.LEAN_FIELDS) if lean else tcpinfo.sweep_info()
@@ -85,21 +95,22 @@ class FireflyBackend:
         members = self._encoder.members
         send = self._sender.send
         to_destination = self.config.send_to_destination
+        of_key = tcpinfo.of_key
         live: dict[bytes, dict[str, Any]] = {}
-        written: dict[tuple[bytes, int], tuple[OngoingFirefly, Target] | None] = {}
+        written: dict[tuple[bytes, int], _Prepared | None] = {}
         sent = 0
-        for record in records:
-            info = tcpinfo.of_flow(sockets, record.flow)
+        for key, label in flows:
+            info = of_key(sockets, key) if sockets else None
             if info is None:
                 continue
-            live[record.key] = info
-            key = (record.key, record.label)
-            prepared = written[key] = self._ongoing[key] if key in self._ongoing else self._prepare(record)
+            live[key] = info
+            ident = (key, label)
+            known = self._ongoing
+            prepared = written[ident] = known[ident] if ident in known else self._prepare(table, key)
             if prepared is None:
                 continue
-            message, destination = prepared
+            message, destination, flow = prepared
             payload = message.format(current, members(info), header)
-            flow = record.flow
             if to_destination:
                 send(payload, destination, flow)
             for target in self.collectors:
@@ -110,13 +121,16 @@ class FireflyBackend:
         self.ongoing_sent += sent
         return sent
 
-    def _prepare(self, record: FlowRecord) -> tuple[OngoingFirefly, Target] | None:
+    def _prepare(self, table: FlowTable, key: bytes) -> _Prepared | None:
+        record = table.get_key(key)
+        if record is None:
+            return None
         flow = record.flow
         try:
             event = FlowEvent("ongoing", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
                               record.experiment, record.activity, record.start_time, None, record.application)
             message = OngoingFirefly(event)
-            return message, target_of(str(flow.dst), self.config.destination_port)
+            return message, target_of(str(flow.dst), self.config.destination_port), flow
         except (EventError, ValueError) as exc:
             self._sender.fail("ongoing firefly for %s not written: %s", flow, exc)
             return None

@@ -40,7 +40,7 @@ from .. import __version__, tcpinfo
 from ..config import Api
 from ..events import EventError, FlowEvent, format_api, parse_api
 from ..events.flowdgo import DUMMY, format_flowd_go, parse_flowd_go
-from ..flowtable import STARTED, Change, FlowRecord
+from ..flowtable import STARTED, Change, Plain
 from ..httpd import Guard, Handler, HTTPServer, Request, Response, error_response, json_response
 from ..metrics import metrics_route
 from ..registry import Registry
@@ -59,7 +59,7 @@ SOURCE = "api"
 class DaemonView(EventSink, Protocol):
     """What the API needs from the daemon besides taking events."""
 
-    def flows(self) -> list[FlowRecord]: ...
+    def flow_rows(self) -> list[Plain]: ...
 
     def rule_list(self) -> list[dict[str, Any]]: ...
 
@@ -144,17 +144,20 @@ class ApiSource:
         return json_response(200, {"status": "ok", "version": __version__, **self._daemon.health()})
 
     def _list(self, request: Request) -> Response:
-        records = self._daemon.flows()
-        listed = [record.as_api() for record in records]
-        if any(record.flow.protocol == "tcp" for record in records):
+        rows = self._daemon.flow_rows()
+        listed = [row.as_api() for row in rows]
+        if any(row.protocol == "tcp" for row in rows):
             # The kernel's TCP statistics of each TCP flow with a socket here, read in one dump.
             try:
                 sockets = tcpinfo.sweep()
             except OSError as exc:
                 log.debug("no TCP statistics for the flow list: %s", exc)
                 sockets = {}
-            for record, item in zip(records, listed):
-                stats = tcpinfo.of_flow(sockets, record.flow)
+            of_ends = tcpinfo.of_ends
+            for row, item in zip(rows, listed):
+                if row.protocol != "tcp":
+                    continue
+                stats = of_ends(sockets, row.src, row.dst, row.sport, row.dport)
                 if stats is not None:
                     item["tcp"] = stats.as_json()
         return json_response(200, {"flows": listed, "rules": self._daemon.rule_list()})
