@@ -456,7 +456,8 @@ class Daemon:
         while True:
             next_due += period
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
-            firefly.ongoing(self.table)
+            for _ in firefly.ongoing_steps(self.table):
+                await asyncio.sleep(0)  # events and requests go in between the steps
 
     async def _flush_logs_periodically(self) -> None:
         while True:

@@ -186,6 +186,11 @@ class FlowTable:
         """The packed keys of the flows now active."""
         return list(self._flows)
 
+    def label_of(self, key: bytes) -> int | None:
+        """The label of the flow with this packed key; None if it is not active."""
+        value = self._flows.get(key)
+        return None if value is None else value & _LABEL_BITS
+
     def labels(self) -> list[tuple[bytes, int]]:
         """(packed key, label) of every flow now active: what a pass over all flows each period
         needs, without a record (its addresses and times as objects) for each."""
