@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,23 +38,13 @@ from typing import Any
 
 from e2e.e2e_support import Daemon
 from flowlabel.api_client import ApiClient
+from support.connections import held_connections
 from support.netns import A, B, Pair
 
 TARGET_PERCENT = 5.0
 PORT = 7000
 TICKS = os.sysconf("SC_CLK_TCK")
 
-SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(4096)
-print("listening", flush=True)
-held = [s.accept()[0] for _ in range(int(sys.argv[3]))]
-print("accepted", flush=True)
-sys.stdin.read()
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -123,26 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measuring window")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard < args.flows + 100:
-        raise SystemExit(f"needs {args.flows + 100} file descriptors, the limit is {hard}")
-    with Pair() as pair, tempfile.TemporaryDirectory() as tmp:
-        server = subprocess.Popen(["ip", "netns", "exec", pair.b.name, sys.executable, "-c", SERVER, B,
-                                   str(PORT), str(args.flows)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        clients = []
-        try:
-            with pair.a.entered():
-                for _ in range(args.flows):
-                    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-                    c.connect((B, PORT))
-                    clients.append(c)
-                sink = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-                sink.bind(("::1", 0))
-                sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            assert server.stdout.readline().strip() == "accepted"
+    with Pair() as pair, tempfile.TemporaryDirectory() as tmp, \
+            held_connections(pair, args.flows, PORT) as clients:
+        with pair.a.entered():
+            sink = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        with sink:
+            sink.bind(("::1", 0))
+            sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             ports = [c.getsockname()[1] for c in clients]
             figures = run_daemon(pair, Path(tmp) / "statistics", ports, args.seconds)
             fireflies = {"sendToDestination": False, "sendToCollector": True, "collectorAddress": "::1",
@@ -151,13 +126,6 @@ def main(argv: list[str] | None = None) -> int:
                                   backends={"ebpf": {"targetInterface": pair.if_a}, "firefly": fireflies},
                                   enrichers={"period": 1000})
             figures["ongoing_fireflies"] = enriched["idle"]
-            sink.close()
-        finally:
-            for c in clients:
-                c.close()
-            if server.stdin is not None:
-                server.stdin.close()
-            server.wait(30)
     periodic = ("ongoing_fireflies",)
     ok = all(figures[case] <= TARGET_PERCENT for case in periodic)
     print(f"the daemon's CPU with {args.flows:,} active TCP flows, {args.seconds:g} s windows "

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,22 +39,12 @@ from flowlabel.events import FlowEvent
 from flowlabel.flow import Flow
 from flowlabel.flowmetrics import FlowMetrics
 from flowlabel.flowtable import FlowTable
+from support.connections import held_connections
 from support.netns import A, B, Pair
 
 TARGET_PERCENT = 5.0
 PORT = 7000
 
-SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(4096)
-print("listening", flush=True)
-held = [s.accept()[0] for _ in range(int(sys.argv[3]))]
-print("accepted", flush=True)
-sys.stdin.read()
-"""
 
 
 def enriched_rounds(flows: list[Flow]) -> dict[str, float]:
@@ -136,46 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweeps", type=int, default=21)
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard < args.flows + 100:
-        raise SystemExit(f"needs {args.flows + 100} file descriptors, the limit is {hard}")
-    with Pair() as pair:
-        server = subprocess.Popen(["ip", "netns", "exec", pair.b.name, sys.executable, "-c", SERVER, B,
-                                   str(PORT), str(args.flows)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        clients = []
-        try:
-            with pair.a.entered():
-                for _ in range(args.flows):
-                    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-                    c.connect((B, PORT))
-                    clients.append(c)
-            assert server.stdout.readline().strip() == "accepted"
-            flows = [Flow.of("tcp", A, B, c.getsockname()[1], PORT) for c in clients]
-            seconds: list[float] = []
-            iterator_seconds: list[float] = []
-            matched = 0
-            with pair.a.entered(), tempfile.TemporaryDirectory() as workdir, \
-                    TcpStatsIterator(Path(workdir)) as iterator:
-                if iterator.sweep() != tcpinfo.sweep():
-                    raise SystemExit("the BPF iterator and sock_diag read different numbers")
-                for _ in range(args.sweeps):  # interleaved, so both see the same machine
-                    for sweep, times in ((iterator.sweep, iterator_seconds), (tcpinfo.sweep, seconds)):
-                        began = time.process_time()
-                        sockets = sweep()
-                        matched = sum(tcpinfo.of_flow(sockets, flow) is not None for flow in flows)
-                        times.append(time.process_time() - began)
-            with pair.a.entered():
-                fireflies = enriched_rounds(flows)
-                scrape = scrape_cost(flows)
-        finally:
-            for c in clients:
-                c.close()
-            if server.stdin is not None:
-                server.stdin.close()
-            server.wait(30)
+    with Pair() as pair, held_connections(pair, args.flows, PORT) as clients:
+        flows = [Flow.of("tcp", A, B, c.getsockname()[1], PORT) for c in clients]
+        seconds: list[float] = []
+        iterator_seconds: list[float] = []
+        matched = 0
+        with pair.a.entered(), tempfile.TemporaryDirectory() as workdir, \
+                TcpStatsIterator(Path(workdir)) as iterator:
+            if iterator.sweep() != tcpinfo.sweep():
+                raise SystemExit("the BPF iterator and sock_diag read different numbers")
+            for _ in range(args.sweeps):  # interleaved, so both see the same machine
+                for sweep, times in ((iterator.sweep, iterator_seconds), (tcpinfo.sweep, seconds)):
+                    began = time.process_time()
+                    sockets = sweep()
+                    matched = sum(tcpinfo.of_flow(sockets, flow) is not None for flow in flows)
+                    times.append(time.process_time() - began)
+        with pair.a.entered():
+            fireflies = enriched_rounds(flows)
+            scrape = scrape_cost(flows)
     floor = sending_floor(args.flows)
     median = statistics.median(seconds)
     iterator_median = statistics.median(iterator_seconds)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -89,35 +91,46 @@ def test_flows_list_the_kernels_tcp_statistics(pair: Pair, tmp_path: Path, daemo
     assert listed.returncode == 0 and f"{tcp['rtt_us'] / 1000:.3f}" in listed.stdout
 
 
-def test_a_sweep_of_many_sockets_finds_each_once(pair: Pair) -> None:
+@contextmanager
+def connected(pair: Pair, count: int, congestion: Callable[[int], bytes] | None = None
+              ) -> Iterator[list[socket.socket]]:
+    """``count`` idle connections from a to a listener in b (connection n with the congestion
+    control ``congestion(n)``, if given); all closed on exit."""
     with pair.b.entered():
         server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    server.bind((B, 0))
-    server.listen(512)
-    clients = []
-    with pair.a.entered():
-        for _ in range(300):
-            c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            c.connect((B, server.getsockname()[1]))
-            clients.append(c)
-        found = tcpinfo.sweep()
-        whole = tcpinfo.sweep_info()
+    clients: list[socket.socket] = []
     try:
-        ports = {c.getsockname()[1] for c in clients}
-        assert {key[2] for key in found} == ports  # multipart dumps: every socket, none twice
-        assert all(stats.state == "established" and stats.rtt_us is not None for stats in found.values())
-        # The sweep reads each message where the first one had its tcp_info: the same numbers as
-        # the dump that looks at every attribute (idle sockets: nothing moves in between).
-        assert set(found) == set(whole)
-        for key, stats in found.items():
-            info = whole[key]
-            read = (stats.snd_mss, stats.snd_cwnd, stats.bytes_acked, stats.bytes_sent, stats.min_rtt_us)
-            assert read == (info["snd_mss"], info["snd_cwnd"], info["bytes_acked"], info["bytes_sent"],
-                            info["min_rtt"])
+        server.bind((B, 0))
+        server.listen(512)
+        with pair.a.entered():
+            for n in range(count):
+                c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                clients.append(c)
+                if congestion is not None:
+                    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion(n))
+                c.connect((B, server.getsockname()[1]))
+        yield clients
     finally:
         for c in clients:
             c.close()
         server.close()
+
+
+def test_a_sweep_of_many_sockets_finds_each_once(pair: Pair) -> None:
+    with connected(pair, 300) as clients, pair.a.entered():
+        found = tcpinfo.sweep()
+        whole = tcpinfo.sweep_info()
+        ports = {c.getsockname()[1] for c in clients}
+    assert {key[2] for key in found} == ports  # multipart dumps: every socket, none twice
+    assert all(stats.state == "established" and stats.rtt_us is not None for stats in found.values())
+    # The sweep reads each message where the first one had its tcp_info: the same numbers as
+    # the dump that looks at every attribute (idle sockets: nothing moves in between).
+    assert set(found) == set(whole)
+    for key, stats in found.items():
+        info = whole[key]
+        read = (stats.snd_mss, stats.snd_cwnd, stats.bytes_acked, stats.bytes_sent, stats.min_rtt_us)
+        assert read == (info["snd_mss"], info["snd_cwnd"], info["bytes_acked"], info["bytes_sent"],
+                        info["min_rtt"])
 
 
 #: tcp_info fields that do not move on an idle connection (the last_* ones count milliseconds).
@@ -141,33 +154,18 @@ def every_attribute(family: int = socket.AF_INET6) -> dict[tcpinfo.Socket, dict[
 def test_sweeps_read_what_every_attribute_says_with_mixed_congestion_controls(pair: Pair) -> None:
     # Two congestion controls of different name lengths give two message layouts, interleaved,
     # so the sweeps go back and forth between reading at known offsets and walking attributes.
-    with pair.b.entered():
-        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    server.bind((B, 0))
-    server.listen(512)
-    clients = []
-    with pair.a.entered():
-        for n in range(200):
-            c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno" if n % 3 else b"cubic")
-            c.connect((B, server.getsockname()[1]))
-            clients.append(c)
+    with connected(pair, 200, lambda n: b"reno" if n % 3 else b"cubic"), pair.a.entered():
         reference = every_attribute()
         whole = tcpinfo.sweep_info()
         lean = tcpinfo.sweep_fields(("snd_cwnd", "bytes_sent"))
-    try:
-        assert len(reference) == 200 and set(whole) == set(lean) == set(reference)
-        congs = {info["cong"] for info in reference.values()}
-        assert congs == {"reno", "cubic"}, congs
-        for key, info in reference.items():
-            assert {f: whole[key][f] for f in (*STEADY, "cong")} == {f: info[f] for f in (*STEADY, "cong")}
-            assert set(whole[key]) == set(info)
-            assert lean[key] == {"snd_cwnd": info["snd_cwnd"], "bytes_sent": info["bytes_sent"],
-                                 "cong": info["cong"]}
-    finally:
-        for c in clients:
-            c.close()
-        server.close()
+    assert len(reference) == 200 and set(whole) == set(lean) == set(reference)
+    congs = {info["cong"] for info in reference.values()}
+    assert congs == {"reno", "cubic"}, congs
+    for key, info in reference.items():
+        assert {f: whole[key][f] for f in (*STEADY, "cong")} == {f: info[f] for f in (*STEADY, "cong")}
+        assert set(whole[key]) == set(info)
+        assert lean[key] == {"snd_cwnd": info["snd_cwnd"], "bytes_sent": info["bytes_sent"],
+                             "cong": info["cong"]}
 
 
 #: flowd-go 2.x's per-flow metrics (backends/prometheus/metrics.go).
