@@ -27,6 +27,7 @@ from .defaults import ATTACH_MODES, MAX_FLOWS, MAX_FLOWS_LIMIT
 from .errors import InterfaceError, MapFullError, MarkerError
 from .flow import (
     FLOW_KEY,
+    PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
     Flow,
     flow_key,
@@ -90,8 +91,12 @@ class Marker:
     ) -> None:
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach mode must be one of {', '.join(ATTACH_MODES)}, not {attach!r}")
+        if not _is_int(max_flows):
+            raise TypeError(f"max_flows must be an int, not {type(max_flows).__name__}")
         if not 1 <= max_flows <= MAX_FLOWS_LIMIT:
             raise ValueError(f"max_flows must be between 1 and {MAX_FLOWS_LIMIT}, not {max_flows}")
+        if isinstance(interfaces, str):
+            interfaces = [interfaces]  # one name, not its letters
         extension()  # here, not at the first attach: NotSupportedError where the kernel side cannot run
         self.attach_mode = attach
         self.max_flows = max_flows
@@ -227,6 +232,8 @@ class Marker:
 
     @staticmethod
     def _key(flow: Flow) -> bytes:
+        if not isinstance(flow, Flow):
+            raise TypeError(f"a flow is a flowlabel.flow.Flow (Flow.of(...)), not {type(flow).__name__}")
         if not flow.is_ipv6:
             raise ValueError(f"IPv4 flows have no flow label: {flow}")
         return flow_key(flow)
@@ -245,8 +252,8 @@ class Marker:
         flows = self._flows if not self._closed else None
         if flows is None:  # one check on the hot path; _map() says what is wrong
             flows = self._map()
-        if not 0 <= label <= 0xFFFFF:
-            raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
+        _check_key(holder)
+        _check_label(label)
         done: list[bytes] = []
         for key in self._held_or_egress_keys(holder):
             current = self._shared_label(flows, key, holder)
@@ -273,8 +280,8 @@ class Marker:
         writes: dict[bytes, int] = {}
         owned: list[tuple[bytes, bytes, int, int | None]] = []
         for holder, label in items:
-            if not 0 <= label <= 0xFFFFF:
-                raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
+            _check_key(holder)
+            _check_label(label)
             for key in self._held_or_egress_keys(holder):
                 writes.pop(key, None)
                 writes[key] = label  # the last label for a key applies, as with add()
@@ -332,6 +339,7 @@ class Marker:
         flows = self._flows if not self._closed else None
         if flows is None:
             flows = self._map()
+        _check_key(holder)
         removed = self._release(flows, holder, holder)
         return self._release(flows, reversed_key(holder), holder) or removed
 
@@ -453,3 +461,24 @@ def _close_open_markers() -> None:
     for marker in list(_open_markers):
         with suppress(MarkerError):
             marker.close()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_label(label: object) -> None:
+    if not _is_int(label):
+        raise TypeError(f"a flow label is an int, not {type(label).__name__}")
+    if not 0 <= label <= 0xFFFFF:  # type: ignore[operator]
+        raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
+
+
+def _check_key(key: object) -> None:
+    """A packed key as flowlabel.flow.flow_key writes it; anything else would be read past its end
+    or cut short by the kernel, and mark nothing."""
+    if not isinstance(key, bytes) or len(key) != FLOW_KEY.size or key[-3:] != bytes(3) \
+            or key[FLOW_KEY.size - 4] not in PROTOCOL_NAMES:
+        shown = repr(key)[:60]
+        raise ValueError(f"not a packed flow key (flowlabel.flow.flow_key: {FLOW_KEY.size} bytes, "
+                         f"TCP or UDP, zero padding): {shown}")

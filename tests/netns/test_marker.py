@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from flowlabel.errors import AttachConflictError, InterfaceError, MapFullError, ObjectError
-from flowlabel.flow import Flow
+from flowlabel.flow import Flow, flow_key
 from flowlabel.marker import TC_HANDLE, TC_PRIORITY, Marker, tcx_program_names
 from support.kernel import attach_modes
 from support.netns import A, B, Capture, Namespace, Pair, parse_ipv6, unique
@@ -179,7 +179,7 @@ def test_qdisc_created_by_marker_is_kept_unless_asked(pair: Pair) -> None:
 HOLDER = """
 import sys, time
 from flowlabel.marker import Marker
-from flowlabel.flow import Flow
+from flowlabel.flow import Flow, flow_key
 m = Marker([sys.argv[1]], attach=sys.argv[2])
 m.add(Flow.of("udp", "fd00::1", "fd00::2", int(sys.argv[3]), 5000), int(sys.argv[4], 16))
 print("ready", flush=True)
@@ -323,12 +323,30 @@ def test_errors_are_clear(pair: Pair, tmp_path) -> None:
             Marker([pair.if_a], program_path=junk)
         with pytest.raises(ValueError, match="attach mode"):
             Marker([pair.if_a], attach="xdp")
-        marker = Marker([pair.if_a], max_flows=4)
+        for bad in ("10", 10.5, True):
+            with pytest.raises(TypeError, match="max_flows must be an int"):
+                Marker([pair.if_a], max_flows=bad)  # type: ignore[arg-type]
+        marker = Marker(pair.if_a, max_flows=4)  # one name given as a string is that interface
         try:
+            assert set(marker.interfaces) == {pair.if_a}
             with pytest.raises(ValueError, match="IPv4"):
                 marker.add(Flow.of("tcp", "10.0.0.1", "10.0.0.2", 1, 2), 1)
             with pytest.raises(ValueError, match="20 bits"):
                 marker.add(Flow.of("tcp", A, B, 1, 2), 1 << 20)
+            for label in ("5", None, 1.5, True):
+                with pytest.raises(TypeError, match="a flow label is an int"):
+                    marker.add(Flow.of("tcp", A, B, 1, 2), label)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"Flow\.of"):
+                marker.add(("tcp", A, B, 1, 2), 5)  # type: ignore[arg-type]
+            good = flow_key(Flow.of("tcp", A, B, 1, 2))
+            for key in (b"abc", good + b"x", good[:-1] + b"\1", good[:36] + b"\x01" + good[37:]):
+                with pytest.raises(ValueError, match="not a packed flow key"):
+                    marker.add_key(key, 5)
+                with pytest.raises(ValueError, match="not a packed flow key"):
+                    marker.add_many_keys([(key, 5)])
+                with pytest.raises(ValueError, match="not a packed flow key"):
+                    marker.remove_key(key)
+            assert list(marker) == []  # nothing of the bad calls reached the map
             for port in range(4):
                 marker.add(Flow.of("tcp", A, B, 1000 + port, 80), port)
             marker.add(Flow.of("tcp", A, B, 1000, 80), 9)  # a refresh needs no room
