@@ -281,8 +281,12 @@ def _label(args: argparse.Namespace) -> int:
             raise _Failure(str(exc), 2) from None
     else:
         text = args.label.strip().lower()
+        digits = text[2:] if text.startswith("0x") else text
+        # ASCII digits only: int() also takes "1_0" and other scripts' digits.
+        if not (digits.isascii() and digits.isalnum() and len(digits) <= 8):
+            raise _Failure(f"not a flow label: {args.label!r} (write decimal digits or 0x and hex digits)", 2)
         try:
-            value = int(text, 16) if text.startswith("0x") else int(text, 10)
+            value = int(digits, 16) if text.startswith("0x") else int(digits, 10)
             codec.decode(value)
         except ValueError as exc:
             raise _Failure(f"not a flow label: {args.label!r} ({exc})", 2) from None
@@ -416,7 +420,7 @@ def _config(args: argparse.Namespace) -> int:
         # As `run` reads it: a file every user may write is refused, and so are site rules
         # that name what the registry does not have or that the classifier cannot hold.
         config, reading = load_reading(args.config, trusted=True)
-        if config.rules:
+        if config.rules or config.plugins.iperf3 is not None or config.plugins.perfsonar is not None:
             try:
                 registry = Registry.load(config.registry, timeout=5.0)
             except RegistryError as exc:

@@ -99,7 +99,10 @@ class Rule:
         if len(self.ids) > MAX_IDS:
             raise ConfigError(self.where, f"at most {MAX_IDS} experiment/activity pairs, got {len(self.ids)}")
         for experiment, activity in self.ids:
-            encode(experiment, activity, 0)  # LabelError if out of range
+            try:
+                encode(experiment, activity, 0)
+            except LabelError as exc:
+                raise ConfigError(self.where, str(exc)) from None
 
     @property
     def marks(self) -> bool:
@@ -267,6 +270,9 @@ def from_config(config: Config, registry: Registry) -> list[Rule]:
                 raise ConfigError(where, str(exc)) from None
         elif entry.experiment is not None or entry.activity is not None:
             raise ConfigError(where, "a rule with mark false gives no label; remove experiment and activity")
+        if entry.fireflies and entry.protocol.lower() == "udp":
+            raise ConfigError(where, "fireflies are sent for the TCP connections a rule marks; a udp rule "
+                                     "has none (remove fireflies, or make the rule tcp or any)")
         found.append(Rule(where, ids, PROTOCOLS.get(entry.protocol.lower()),
                           _ports(entry.local_port), _ports(entry.remote_port),
                           _network(entry.local_prefix), _network(entry.remote_prefix), entry.fireflies))

@@ -63,6 +63,9 @@ def test_label_decode_as_json() -> None:
         (["label", "encode", "600", "1"], "experiment ID must be an integer 0-511"),
         (["label", "decode", "0x100000"], "not a flow label"),
         (["label", "decode", "zz"], "not a flow label"),
+        (["label", "decode", "1_0"], "not a flow label"),  # int() reads these; a label is digits
+        (["label", "decode", "\u0661\u0662"], "not a flow label"),
+        (["label", "decode", "0x" + "f" * 5000], "not a flow label"),
     ],
 )
 def test_label_errors(args: list[str], message: str) -> None:
@@ -129,3 +132,11 @@ def test_config_refuses_what_run_refuses(tmp_path: Path) -> None:
     config.write_text('{"rules": [{"experiment": "nosuch", "activity": 1}]}')
     result = flowlabel("--config", str(config), "config")
     assert result.returncode == 2 and "rules[0]" in result.stderr and "nosuch" in result.stderr, result.stderr
+    config.write_text('{"rules": [{"protocol": "udp", "experiment": 2, "activity": 1, "fireflies": true}]}')
+    result = flowlabel("--config", str(config), "config")
+    assert result.returncode == 2, result.stderr
+    assert "rules[0]: fireflies are sent for the TCP" in result.stderr
+    # plugins.iperf3 and plugins.perfsonar become rules too, checked as run checks them.
+    config.write_text('{"plugins": {"iperf3": {"experimentIDs": [600], "activityIDs": [1]}}}')
+    result = flowlabel("--config", str(config), "config")
+    assert result.returncode == 2 and "plugins.iperf3: experiment ID must be" in result.stderr, result.stderr

@@ -62,6 +62,8 @@ def test_the_tables_limits_are_errors_that_name_the_rule() -> None:
         compile_rules(crossed)
     with pytest.raises(ConfigError, match="at most 8 experiment/activity pairs"):
         Rule("plugins.iperf3", tuple((2, n) for n in range(9)))
+    with pytest.raises(ConfigError, match=r"plugins\.iperf3: experiment ID must be"):
+        Rule("plugins.iperf3", ((600, 1),))
 
 
 @pytest.mark.parametrize(
@@ -71,6 +73,8 @@ def test_the_tables_limits_are_errors_that_name_the_rule() -> None:
         ({"mark": False, "experiment": 2}, "rules[0]: a rule with mark false gives no label"),
         ({"experiment": "atlass", "activity": 1}, "rules[0]: "),
         ({"experiment": "atlas", "activity": "nonsense"}, "rules[0]: "),
+        ({"protocol": "udp", "experiment": 2, "activity": 1, "fireflies": True},
+         "rules[0]: fireflies are sent for the TCP connections a rule marks"),
     ],
 )
 def test_rules_from_the_configuration_are_checked(rule: dict[str, object], message: str) -> None:
@@ -82,12 +86,12 @@ def test_rules_from_the_configuration_are_checked(rule: dict[str, object], messa
 
 def test_rules_from_the_configuration() -> None:
     cfg = config.parse({"rules": [
-        {"protocol": "UDP", "localPort": "6000-6010", "remotePrefix": "2001:db8::/32", "experiment": "atlas",
+        {"protocol": "TCP", "localPort": "6000-6010", "remotePrefix": "2001:db8::/32", "experiment": "atlas",
          "activity": "perfSONAR", "fireflies": True},
         {"remotePort": 22, "mark": False},
     ]})
     assert from_config(cfg, Registry.bundled()) == [
-        Rule("rules[0]", ((2, 2),), 17, PortRange(6000, 6010), ANY_PORTS,
+        Rule("rules[0]", ((2, 2),), 6, PortRange(6000, 6010), ANY_PORTS,
              remote_net=ipaddress.IPv6Network("2001:db8::/32"), fireflies=True),
         Rule("rules[1]", (), None, ANY_PORTS, PortRange(22, 22)),
     ]
