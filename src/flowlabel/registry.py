@@ -111,16 +111,20 @@ class _Index:
         self.by_id: dict[int, Any] = {}
         self.by_name: dict[str, Any] = {}
         self.by_key: dict[str, Any] = {}
-        ambiguous = set()
+        #: Names (and normalised names) that more than one entry has: each with all of them.
+        self.shared_names: dict[str, list[Any]] = {}
+        self.shared_keys: dict[str, list[Any]] = {}
         for entry in entries:
             self.by_id[entry.id] = entry
-            self.by_name.setdefault(entry.name, entry)
             key = normalise(entry.name)
-            if key in self.by_key and self.by_key[key].name != entry.name:
-                ambiguous.add(key)
-            self.by_key.setdefault(key, entry)
-        for key in ambiguous:
-            del self.by_key[key]
+            for index, shared, name in ((self.by_name, self.shared_names, entry.name),
+                                        (self.by_key, self.shared_keys, key)):
+                if name in shared:
+                    shared[name].append(entry)
+                elif name in index:
+                    shared[name] = [index.pop(name), entry]
+                else:
+                    index[name] = entry
 
     def find(self, name_or_id: object, scope: str) -> Any:
         if isinstance(name_or_id, int) and not isinstance(name_or_id, bool):
@@ -138,9 +142,20 @@ class _Index:
             if len(text) > 20:  # no such ID, and int() of huge digit strings is slow
                 raise UnknownNameError(f"no {self.kind} with ID {show(text)}{scope}", (), self.kind)
             return self.find(int(text), scope)
-        entry = self.by_name.get(text) or self.by_key.get(normalise(text))
+        entry = self.by_name.get(text)
         if entry is not None:
             return entry
+        # A name that several entries have names none of them: the registry has it twice.
+        shared = self.shared_names.get(text)
+        if shared is None:
+            entry = self.by_key.get(normalise(text))
+            if entry is not None:
+                return entry
+            shared = self.shared_keys.get(normalise(text))
+        if shared is not None:
+            which = ", ".join(f"{e.name!r} (ID {e.id})" for e in shared)
+            raise RegistryError(f"{show(text)} could be any of the {self.kind} entries {which}{scope}: "
+                                f"give the ID, or the name as written if they differ", self.kind)
         raise self.unknown(name_or_id, scope)
 
     def unknown(self, name: str, scope: str) -> UnknownNameError:

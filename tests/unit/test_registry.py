@@ -180,8 +180,28 @@ def test_names_that_normalise_alike_need_their_exact_spelling() -> None:
     reg = Registry.from_document(document)
     assert reg.activity("demo", "Data Rebalancing").id == 1
     assert reg.activity("demo", "data-rebalancing").id == 2
-    with pytest.raises(UnknownNameError):
+    with pytest.raises(RegistryError, match=r"could be any of the activity entries 'Data Rebalancing' "
+                                            r"\(ID 1\), 'data-rebalancing' \(ID 2\)"):
         reg.activity("demo", "DATA_REBALANCING")
+
+
+def test_a_name_the_registry_has_twice_is_refused_naming_both() -> None:
+    document = {
+        "version": 1,
+        "experiments": [
+            {"expName": "atlas", "expId": 2, "activities": [{"activityName": "Debug", "activityId": 10}]},
+            {"expName": "atlas", "expId": 3, "activities": [{"activityName": "Other", "activityId": 1},
+                                                            {"activityName": "Other", "activityId": 2}]},
+        ],
+    }
+    reg = Registry.from_document(document)  # the rest of the registry stays usable
+    with pytest.raises(RegistryError, match=r"'atlas' could be any of the experiment entries "
+                                            r"'atlas' \(ID 2\), 'atlas' \(ID 3\)"):
+        reg.resolve("atlas", "Debug")
+    assert reg.resolve(3, 2) == (3, 2)
+    with pytest.raises(RegistryError, match="could be any of the activity entries"):
+        reg.resolve(3, "Other")
+    assert reg.resolve(2, "debug") == (2, 10)
 
 
 # -- loading files ----------------------------------------------------------------------------------
