@@ -7,8 +7,8 @@ the current network namespace:
 
 - the filter at flowlabel's handle and priority whose program is flowlabel's
   (named in the netlink filter dump); a filter of any other program is left;
-- the clsact qdisc, only when a marker recorded creating it on that interface
-  and no filter of anyone else's remains on it;
+- the clsact qdisc, only when a marker recorded creating it on that interface,
+  left its filter on it, and no filter of anyone else's remains on it;
 - TCX links end with their process, so a flowlabel TCX link still present
   belongs to a running marker and is reported, not touched.
 
@@ -73,7 +73,12 @@ def cleanup(*, dry_run: bool = False, interfaces: list[str] | None = None) -> li
                     remove_filter(link.name, link.ifindex)
                 found.append(Leftover(link.name, "filter", remove,
                                       f"cls_bpf {name} at handle {TC_HANDLE:#x} priority {TC_PRIORITY:#x}"))
-            if dry_run and name == _OURS and qdisc_record(link.name).exists():
+            if name != _OURS:
+                # A killed marker leaves its filter on the qdisc it created; a record without one
+                # outlived its namespace (whose inode number a new one reuses): the qdisc is not ours.
+                if not dry_run:
+                    qdisc_record(link.name).unlink(missing_ok=True)
+            elif dry_run and qdisc_record(link.name).exists():
                 # The filter is still there in a dry run; the qdisc goes once it does.
                 found.append(Leftover(link.name, "qdisc", remove, "clsact, created by a flowlabel marker "
                                       "(if no other filter remains on it)"))

@@ -8,7 +8,8 @@ import sys
 import pytest
 from test_marker import _egress_filters, hold
 
-from flowlabel.marker import TC_HANDLE, TC_PRIORITY
+from flowlabel.bpf.attach import qdisc_record
+from flowlabel.marker import TC_HANDLE, TC_PRIORITY, Marker
 from support.netns import Pair
 from support.privilege import as_the_unit
 
@@ -89,3 +90,22 @@ def test_cleanup_names_an_interface_that_is_not_there_and_touches_nothing(pair: 
     assert done.stderr.strip() == "flowlabel: cleanup: no interface nosuchif0 in this network namespace"
     assert OURS in _egress_filters(pair.a, pair.if_a)  # a typo stops it before it removes anything
     assert f"{pair.if_a}: removed filter" in cleanup(pair, pair.if_a)
+
+
+def test_a_record_that_outlived_its_namespace_never_removes_an_operators_qdisc(pair: Pair) -> None:
+    # A killed marker in a namespace that is gone leaves its record; a new namespace may get the
+    # same inode number, and its operator a clsact qdisc of their own on the interface of that name.
+    ifindex = pair.a.run("cat", f"/sys/class/net/{pair.if_a}/ifindex").stdout.strip()
+    with pair.a.entered():
+        record = qdisc_record(pair.if_a)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    pair.a.run("tc", "qdisc", "add", "dev", pair.if_a, "clsact")
+    record.write_text(f"{ifindex}\n")
+    assert "qdisc" not in cleanup(pair, "--dry-run", pair.if_a)
+    assert "qdisc" not in cleanup(pair, pair.if_a)
+    assert has_clsact(pair) and not record.exists()
+
+    record.write_text(f"{ifindex}\n")
+    with pair.a.entered():
+        Marker([pair.if_a], attach="tc", remove_qdisc=True).close()
+    assert has_clsact(pair) and not record.exists()

@@ -126,10 +126,6 @@ class Attachment:
         created = lib.fl_tc_hook_create(self.ifindex)
         if created < 0:
             raise errno_error(f"creating the clsact qdisc on {self.name!r}", created)
-        record = qdisc_record(self.name)
-        if created == 1:
-            record.write_text(f"{self.ifindex}\n")
-        self.created_qdisc = created == 1 or _recorded_qdisc(record, self.ifindex)
         # The filter dump names the program at our handle and priority; reading a
         # program by its id instead would need CAP_SYS_ADMIN, which the unit does not grant.
         found = egress_filter_program(self.ifindex, TC_HANDLE, TC_PRIORITY)
@@ -138,6 +134,17 @@ class Attachment:
                 f"a filter of another program ({found or 'unnamed'}) sits at handle {TC_HANDLE:#x} "
                 f"priority {TC_PRIORITY:#x} on {self.name!r} egress; remove it or use attach mode 'tcx'"
             )
+        record = qdisc_record(self.name)
+        if created == 1:
+            record.write_text(f"{self.ifindex}\n")
+            self.created_qdisc = True
+        elif found is not None:
+            self.created_qdisc = _recorded_qdisc(record, self.ifindex)  # a killed marker's, with its filter
+        else:
+            # Without a filter of ours on it, the qdisc is not a killed marker's: a record says
+            # otherwise only when it outlived its namespace, whose inode number a new one reuses.
+            self.created_qdisc = False
+            record.unlink(missing_ok=True)
         # Under our lock, a filter of ours can only be left by a marker whose process died.
         err = lib.fl_tc_attach(self.ifindex, program.prog_fd, TC_HANDLE, TC_PRIORITY, int(found is not None))
         if err:
