@@ -14,6 +14,7 @@ from flowlabel.backends.firefly import FireflyBackend
 from flowlabel.events import FlowEvent
 from flowlabel.flow import FLOW_KEY
 from flowlabel.flowtable import FlowTable
+from flowlabel.label import encode
 
 SRC, DST, DPORT = "2001:db8::1", "2001:db8::2", 7000
 
@@ -69,4 +70,27 @@ def test_a_round_in_steps_skips_a_flow_that_ended_meanwhile(sink: socket.socket,
 
     # All at once, the same round: every active flow once.
     assert backend.ongoing(table) == 2499 and len(received(sink)) == 2499
+    backend.stop()
+
+
+def test_a_flow_that_ends_and_comes_back_during_a_round_gets_its_fireflies_later(
+        sink: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = FlowTable(draw=lambda experiment, activity: encode(experiment, activity, 0))  # same label again
+    for n in range(2500):
+        table.apply(event("start", 20000 + n), "test")
+    info = {**{name: 1 for name in enrichment.LEAN_FIELDS}, "cong": "cubic"}
+    sockets = {FLOW_KEY.unpack(key)[:4]: dict(info) for key, _ in table.labels()}
+    monkeypatch.setattr(tcpinfo, "sweep_fields", lambda names: sockets)
+    keys = {"sendToDestination": False, "sendToCollector": True, "collectorAddress": "::1",
+            "collectorPort": sink.getsockname()[1], "enrich": True, "enrichmentMode": "lean"}
+    backend = FireflyBackend(config.parse({"backends": {"firefly": keys}}).backends.firefly)
+    backend.start()
+
+    steps = backend.ongoing_steps(table, step=1000)  # the first round: no firefly written yet
+    assert next(steps) == 1000
+    table.apply(event("end", 21500), "test")  # before its turn
+    assert list(steps)[-1] == 2499
+    table.apply(event("start", 21500), "test")  # back, with the same label
+    received(sink)
+    assert backend.ongoing(table) == 2500  # its firefly is written now, not remembered as unwritable
     backend.stop()

@@ -26,7 +26,7 @@ from .. import enrichment, tcpinfo, times
 from ..config import FireflySender
 from ..events import EventError, FlowEvent, OngoingFirefly, format_firefly, syslog_header
 from ..flow import Flow, key_protocol
-from ..flowtable import ENDED, IPV4, STARTED, Change, FlowTable
+from ..flowtable import ENDED, IPV4, STARTED, Change, FlowRecord, FlowTable
 from ..metrics import Family
 from ..udp import Target, UdpSender, resolve, target_of
 
@@ -114,10 +114,16 @@ class FireflyBackend:
             info = of_key(sockets, key) if sockets else None
             if info is None or (table.version != version and label_of(key) != label):
                 continue
-            live[key] = info
             ident = (key, label)
-            known = self._ongoing
-            prepared = written[ident] = known[ident] if ident in known else self._prepare(table, key)
+            if ident in self._ongoing:
+                prepared = self._ongoing[ident]
+            else:
+                record = table.get_key(key)
+                if record is None:
+                    continue  # ended since the round began
+                prepared = self._prepare(record)
+            live[key] = info
+            written[ident] = prepared
             if prepared is None:
                 continue
             message, destination, flow = prepared
@@ -136,10 +142,7 @@ class FireflyBackend:
         self._last, self._ongoing = live, written
         yield sent
 
-    def _prepare(self, table: FlowTable, key: bytes) -> _Prepared | None:
-        record = table.get_key(key)
-        if record is None:
-            return None
+    def _prepare(self, record: FlowRecord) -> _Prepared | None:
         flow = record.flow
         try:
             event = FlowEvent("ongoing", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
