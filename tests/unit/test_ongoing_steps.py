@@ -42,12 +42,11 @@ def received(sink: socket.socket) -> list[dict[str, object]]:
             return out
 
 
-def test_a_round_in_steps_skips_a_flow_that_ended_meanwhile(sink: socket.socket,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    table = FlowTable()
+def lean_fireflies(table: FlowTable, sink: socket.socket, monkeypatch: pytest.MonkeyPatch) -> FireflyBackend:
+    """2,500 TCP flows started in ``table``, and a backend that sends their lean ongoing fireflies
+    to ``sink``; every flow has a socket here, as a sweep would find it (no real connections)."""
     for n in range(2500):
         table.apply(event("start", 20000 + n), "test")
-    # Every flow has a socket here, as a sweep would find it (the test needs no real connections).
     info = {**{name: 1 for name in enrichment.LEAN_FIELDS}, "cong": "cubic"}
     sockets = {FLOW_KEY.unpack(key)[:4]: dict(info) for key, _ in table.labels()}
     monkeypatch.setattr(tcpinfo, "sweep_fields", lambda names: sockets)
@@ -55,6 +54,13 @@ def test_a_round_in_steps_skips_a_flow_that_ended_meanwhile(sink: socket.socket,
             "collectorPort": sink.getsockname()[1], "enrich": True, "enrichmentMode": "lean"}
     backend = FireflyBackend(config.parse({"backends": {"firefly": keys}}).backends.firefly)
     backend.start()
+    return backend
+
+
+def test_a_round_in_steps_skips_a_flow_that_ended_meanwhile(sink: socket.socket,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    table = FlowTable()
+    backend = lean_fireflies(table, sink, monkeypatch)
     assert backend.ongoing(table) == 2500 and len(received(sink)) == 2500  # each firefly now written
 
     steps = backend.ongoing_steps(table, step=1000)
@@ -76,15 +82,7 @@ def test_a_round_in_steps_skips_a_flow_that_ended_meanwhile(sink: socket.socket,
 def test_a_flow_that_ends_and_comes_back_during_a_round_gets_its_fireflies_later(
         sink: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     table = FlowTable(draw=lambda experiment, activity: encode(experiment, activity, 0))  # same label again
-    for n in range(2500):
-        table.apply(event("start", 20000 + n), "test")
-    info = {**{name: 1 for name in enrichment.LEAN_FIELDS}, "cong": "cubic"}
-    sockets = {FLOW_KEY.unpack(key)[:4]: dict(info) for key, _ in table.labels()}
-    monkeypatch.setattr(tcpinfo, "sweep_fields", lambda names: sockets)
-    keys = {"sendToDestination": False, "sendToCollector": True, "collectorAddress": "::1",
-            "collectorPort": sink.getsockname()[1], "enrich": True, "enrichmentMode": "lean"}
-    backend = FireflyBackend(config.parse({"backends": {"firefly": keys}}).backends.firefly)
-    backend.start()
+    backend = lean_fireflies(table, sink, monkeypatch)
 
     steps = backend.ongoing_steps(table, step=1000)  # the first round: no firefly written yet
     assert next(steps) == 1000
