@@ -37,6 +37,7 @@ from .flow import (
     key_source,
     reversed_key,
 )
+from .label import LABEL_MAX
 from .netif import NetnsHome, link, local_addresses
 
 if TYPE_CHECKING:
@@ -470,7 +471,7 @@ def _is_int(value: object) -> bool:
 def _check_label(label: object) -> None:
     if not _is_int(label):
         raise TypeError(f"a flow label is an int, not {type(label).__name__}")
-    if not 0 <= label <= 0xFFFFF:  # type: ignore[operator]
+    if not 0 <= label <= LABEL_MAX:  # type: ignore[operator]
         raise ValueError(f"a flow label has 20 bits: {label:#x} is out of range")
 
 

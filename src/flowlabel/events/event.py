@@ -155,6 +155,16 @@ def integer(value: object, field: str, low: int, high: int) -> int:
     raise EventError(field, f"must be an integer {low}-{high}, got {show(value)}")
 
 
+def port_text(text: str, field: str) -> int:
+    """A port written as text: ASCII digits only (``isdigit()`` alone lets through digits
+    ``int()`` refuses, such as "\u00b2", and numbers of any length), 0-65535."""
+    if len(text) <= 5 and text.isdigit() and text.isascii():
+        value = int(text)
+        if value <= 65535:
+            return value
+    raise EventError(field, f"must be an integer 0-65535, got {show(text)}")
+
+
 def integral(value: object) -> object:
     """JSON Schema counts 5.0 as an integer, so JSON parsers accept integral floats."""
     if type(value) is float and value.is_integer():

@@ -43,6 +43,7 @@ from .event import (
     new_event,
     optional_str,
     parse_address,
+    port_text,
     protocol_word,
     same_family,
     state_word,
@@ -82,13 +83,12 @@ def _endpoint(value: object, field: str) -> tuple[Any, int]:
         port = integer(members["port"], f"{field}.Port", 0, 65535)
         return parse_address(text, f"{field}.IP"), port
     if isinstance(value, str):
-        host, sep, port_text = value.rpartition(":")
-        # isdigit() alone lets through digits int() refuses ("²") and numbers of any length.
-        if not sep or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        host, sep, written = value.rpartition(":")
+        if not sep:
             raise EventError(field, f"must be \"ADDRESS:PORT\" or \"[IPV6]:PORT\", got {show(value)}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        return parse_address(host, field), integer(int(port_text), field, 0, 65535)
+        return parse_address(host, field), port_text(written, field)
     raise EventError(field, f"must be an object with IP and Port or an \"ADDRESS:PORT\" string, "
                             f"got {json_kind(value)}")
 

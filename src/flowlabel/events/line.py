@@ -28,6 +28,7 @@ from .event import (
     decode_text,
     new_event,
     parse_address,
+    port_text,
     protocol_word,
     resolve_ids,
     same_family,
@@ -42,13 +43,6 @@ _state_word = STATE_WORDS.get
 _protocol_word = PROTOCOL_WORDS.get
 _cached_address = ADDRESSES.get
 
-
-def _pipe_port(text: str, field: str) -> int:
-    if len(text) <= 5 and text.isdigit() and text.isascii():
-        value = int(text)
-        if value <= 65535:
-            return value
-    raise EventError(field, f"must be an integer 0-65535, got {show(text)}")
 
 
 def parse_line(line: Data, registry: Registry | None = None) -> FlowEvent:
@@ -67,9 +61,9 @@ def parse_line(line: Data, registry: Registry | None = None) -> FlowEvent:
     state = _state_word(state) or state_word(state, "state")
     protocol = _protocol_word(protocol) or protocol_word(protocol, "protocol")
     src = _cached_address(src_text) or parse_address(src_text, "src_ip")
-    sport = _pipe_port(sport_text, "src_port")
+    sport = port_text(sport_text, "src_port")
     dst = _cached_address(dst_text) or parse_address(dst_text, "dst_ip")
-    dport = _pipe_port(dport_text, "dst_port")
+    dport = port_text(dport_text, "dst_port")
     if src.version != dst.version:
         same_family(src, dst, "dst_ip")
     # The common case, two short decimal IDs in range, skips the general resolver.
