@@ -1,7 +1,8 @@
 """Generate the C source of the ``flowlabel._bpf`` extension (cffi, API mode).
 
 Run by CMake: ``python csrc/build_ffi.py OUTPUT.c``. The compiled module
-exposes a small subset of libbpf, the helpers of ``glue.h`` and the layout of
+exposes a small subset of libbpf, the helpers of ``glue.h``, the ongoing round
+of ``ongoing.h`` and the layout of
 ``bpf/marker.h``, which is read from that file so that the classifier and user
 space can never disagree about it.
 """
@@ -18,6 +19,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 MARKER_H = HERE.parent / "bpf" / "marker.h"
 SOCKETS_H = HERE.parent / "bpf" / "sockets.h"
 TCPSTATS_H = HERE.parent / "bpf" / "tcpstats.h"
+ONGOING_H = HERE / "ongoing.h"
 
 # __u64 is the kernel's own type (asm-generic/int-ll64.h on every architecture):
 # unsigned long long, which an array of uint64_t (unsigned long) in a struct would not match.
@@ -97,16 +99,16 @@ __u32 flowlabel_filter_hash(const void *k);
 """
 
 
-def marker_cdef(path: pathlib.Path = MARKER_H) -> str:
+def marker_cdef(path: pathlib.Path = MARKER_H, *, whole: bool = False) -> str:
     """The declarations of marker.h without its preprocessor scaffolding and functions.
 
     cffi's parser takes integer ``#define``s but no include guards or
     includes, so those lines are dropped, and so is everything after the line
-    that says where cdef stops.
+    that says where cdef stops (a ``whole`` header has no such line).
     """
     lines = []
     for line in path.read_text().splitlines():
-        if CDEF_STOP in line:
+        if CDEF_STOP in line and not whole:
             break
         stripped = line.strip()
         if re.match(r"#\s*(ifndef|endif|include|if|else)\b", stripped):
@@ -115,7 +117,8 @@ def marker_cdef(path: pathlib.Path = MARKER_H) -> str:
             continue
         lines.append(line)
     else:
-        raise SystemExit(f"{path}: no line saying {CDEF_STOP!r}")
+        if not whole:
+            raise SystemExit(f"{path}: no line saying {CDEF_STOP!r}")
     return "\n".join(lines)
 
 
@@ -135,6 +138,7 @@ def make_ffi() -> FFI:
     ffi.cdef(marker_cdef())
     ffi.cdef(marker_cdef(SOCKETS_H))
     ffi.cdef(marker_cdef(TCPSTATS_H))
+    ffi.cdef(marker_cdef(ONGOING_H, whole=True))
     ffi.cdef(MARKER_FUNCTIONS_CDEF)
     ffi.set_source(
         "flowlabel._bpf",
@@ -145,6 +149,7 @@ def make_ffi() -> FFI:
 #include "marker.h"
 #include "sockets.h"
 #include "tcpstats.h"
+#include "ongoing.h"
 """,
     )
     return ffi

@@ -296,6 +296,8 @@ class Daemon:
                 self._firefly.start()
             except ConfigError as exc:
                 raise StartupError(f"configuration: {exc}") from None
+            except (MarkerError, OSError) as exc:  # the ongoing round (enrich)
+                raise StartupError(f"ongoing fireflies: {exc}") from None
             if self._firefly.collectors:
                 self._listeners.append(f"fireflies to {len(self._firefly.collectors)} collectors")
         if backends.prometheus is not None:

@@ -13,18 +13,19 @@ for ``enrichmentMode``:
 Members of ``lean`` and full objects are sorted by name, as flowd-go's are.
 ``usage`` is XRootD's: bytes ``received`` and ``sent`` (acknowledged).
 
-:func:`members` builds them as objects (for end fireflies); :class:`Encoder`
-writes the same members as JSON text for the ongoing fireflies of every flow
-each period.
+:func:`members` builds them as objects (for end fireflies); :func:`program`
+tells csrc/ongoing.c how to write the same members as JSON text, for the ongoing
+fireflies of every flow each period.
 """
 
 from __future__ import annotations
 
 import json
-from operator import itemgetter
 from typing import Any, Callable
 
-__all__ = ["COMPATIBLE", "FULL", "LEAN", "LEAN_FIELDS", "MODES", "Encoder", "members", "netlink", "usage"]
+from . import tcpinfo
+
+__all__ = ["COMPATIBLE", "FULL", "LEAN", "MODES", "Program", "members", "netlink", "program", "usage"]
 
 #: flowd-go's tcpInfo member names, by tcp_info field (full mode).
 FULL = {
@@ -52,37 +53,44 @@ LEAN = {
     "snd_ssthresh": "sndSsThresh", "snd_cwnd": "sndCwnd", "advmss": "advMss", "min_rtt": "minRtt",
     "delivery_rate": "deliveryRate", "bytes_sent": "bytesSent",
 }
-#: The tcp_info fields the lean shape reads: its members and the usage block's.
-LEAN_FIELDS = (*LEAN, "bytes_received", "bytes_acked")
 _MS = 1000
 _STATE_NAMES = {1: "established", 2: "syn-sent", 3: "syn-recv", 4: "fin-wait-1", 5: "fin-wait-2",
                 6: "time-wait", 7: "unconnected", 8: "close-wait", 9: "last-ack", 10: "listening",
                 11: "closing"}
-#: flowd's names, in flowd-go's order, with how each value is made from tcp_info.
-COMPATIBLE: tuple[tuple[str, Any], ...] = (
-    ("state", lambda i: _STATE_NAMES.get(i["state"], "invalid")),
-    ("pmtu", "pmtu"), ("retrans", "retrans"), ("ato", lambda i: i["ato"] // _MS),
-    ("rto", lambda i: 0 if i["rto"] == 3_000_000 else i["rto"] // _MS),
-    ("snd_wscale", "snd_wscale"), ("rcv_wscale", "rcv_wscale"), ("snd_mss", "snd_mss"), ("snd_cwnd",
-    "snd_cwnd"),
-    ("snd_ssthresh", lambda i: i["snd_ssthresh"] if i["snd_ssthresh"] < 0xFFFF else 0),
-    ("rtt", lambda i: i["rtt"] // _MS), ("rttvar", lambda i: i["rttvar"] // _MS),
-    ("rcv_rtt", lambda i: i["rcv_rtt"] // _MS), ("rcv_space", "rcv_space"),
-    ("opts", lambda i: [name for bit, name in ((1, "ts"), (2, "sack"), (8, "ecn")) if i["options"] & bit]),
-    ("last_data_sent", "last_data_sent"), ("rcv_ssthresh", "rcv_ssthresh"), ("segs_in", "segs_in"),
-    ("segs_out", "segs_out"), ("data_segs_in", "data_segs_in"), ("data_segs_out", "data_segs_out"),
-    ("lost", "lost"), ("notsent_bytes", "notsent_bytes"), ("rcv_mss", "rcv_mss"), ("pacing_rate",
-    "pacing_rate"),
-    ("retransmits", "retransmits"), ("min_rtt", "min_rtt"), ("rwnd_limited", "rwnd_limited"),
-    ("max_pacing_rate", "max_pacing_rate"), ("probes", "probes"), ("reordering", "reordering"),
-    ("last_data_recv", "last_data_recv"), ("bytes_received", "bytes_received"), ("fackets", "fackets"),
-    ("last_ack_recv", "last_ack_recv"), ("last_ack_sent", "last_ack_sent"), ("unacked", "unacked"),
-    ("sacked", "sacked"), ("bytes_acked", "bytes_acked"), ("delivery_rate_app_limited",
-    "delivery_rate_app_limited"),
-    ("delivery_rate", "delivery_rate"), ("sndbuf_limited", "sndbuf_limited"), ("ca_state", "ca_state"),
-    ("busy_time", "busy_time"), ("total_retrans", "total_retrans"), ("advmss", "advmss"), ("backoff",
-    "backoff"),
+#: flowd's names, in flowd-go's order. Each is the tcp_info field of that name, shown as it is, but
+#: for those in _COMPATIBLE_MADE.
+COMPATIBLE = (
+    "state", "pmtu", "retrans", "ato", "rto", "snd_wscale", "rcv_wscale", "snd_mss", "snd_cwnd",
+    "snd_ssthresh", "rtt", "rttvar", "rcv_rtt", "rcv_space", "opts", "last_data_sent", "rcv_ssthresh",
+    "segs_in", "segs_out", "data_segs_in", "data_segs_out", "lost", "notsent_bytes", "rcv_mss", "pacing_rate",
+    "retransmits", "min_rtt", "rwnd_limited", "max_pacing_rate", "probes", "reordering", "last_data_recv",
+    "bytes_received", "fackets",
+    "last_ack_recv", "last_ack_sent", "unacked", "sacked", "bytes_acked", "delivery_rate_app_limited",
+    "delivery_rate", "sndbuf_limited", "ca_state", "busy_time", "total_retrans", "advmss", "backoff",
 )
+#: flowd's values made from a field: name -> (tcp_info field, how, a key of _MADE).
+_COMPATIBLE_MADE = {
+    "state": ("state", "state"), "ato": ("ato", "ms"), "rto": ("rto", "rto_ms"),
+    "snd_ssthresh": ("snd_ssthresh", "ssthresh"), "rtt": ("rtt", "ms"), "rttvar": ("rttvar", "ms"),
+    "rcv_rtt": ("rcv_rtt", "ms"), "opts": ("options", "options"),
+}
+#: How flowd makes a value from its tcp_info field: times in whole milliseconds (the kernel's
+#: initial 3 s retransmission timeout as 0), an "infinite" slow-start threshold as 0, the state by
+#: name and the options as a list. csrc/ongoing.c writes the arithmetic ones (the kinds of the same
+#: names); the state and options, one byte each, go to it as tables of every value's text.
+_MADE: dict[str, Callable[[int], Any]] = {
+    "ms": lambda v: v // _MS,
+    "rto_ms": lambda v: 0 if v == 3_000_000 else v // _MS,
+    "ssthresh": lambda v: v if v < 0xFFFF else 0,
+    "state": lambda v: _STATE_NAMES.get(v, "invalid"),
+    "options": lambda v: [name for bit, name in ((1, "ts"), (2, "sack"), (8, "ecn")) if v & bit],
+}
+_TABLES = ("state", "options")
+
+
+def _compatible() -> list[tuple[str, str, str | None]]:
+    """(name, tcp_info field, how its value is made or None) of each of flowd's members."""
+    return [(name, *_COMPATIBLE_MADE.get(name, (name, None))) for name in COMPATIBLE]
 #: The modes, as flowd-go names them; any other value is the full shape.
 MODES = ("lean", "compatible")
 
@@ -94,8 +102,8 @@ def _renamed(info: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
 def netlink(info: dict[str, Any], mode: str) -> dict[str, Any]:
     """The ``netlink`` member of a firefly for the ``tcp_info`` fields ``info`` (and its ``cong``)."""
     if mode == "compatible":
-        return {name: (source(info) if callable(source) else info.get(source)) for name, source in COMPATIBLE
-                if callable(source) or source in info}
+        return {name: info[field] if made is None else _MADE[made](info[field])
+                for name, field, made in _compatible() if field in info}
     names = LEAN if mode == "lean" else FULL
     out: dict[str, Any] = {"tcpInfo": _renamed(info, names)}
     if info.get("cong"):
@@ -113,79 +121,46 @@ def usage(info: dict[str, Any]) -> dict[str, int]:
     return {"received": int(info.get("bytes_received", 0)), "sent": int(info.get("bytes_acked", 0))}
 
 
-_JSON_TEXTS: dict[Any, str] = {}
+#: A members program (csrc/ongoing.h): the text with a mark for each field, the fields as
+#: (kind, argument, tcp_info offset), and the value tables (the texts of a one-byte field's values).
+Program = tuple[str, list[tuple[str, int, int]], list[list[str]]]
 
 
-def _json_value(value: Any) -> Any:
-    """``value`` as str.format should write it into JSON text: numbers as they are, the rest encoded.
+def program(mode: str, info_size: int, marks: tuple[str, str, str]) -> Program:
+    """The members program that writes what :func:`members` would for a ``tcp_info`` of
+    ``info_size`` bytes (the running kernel's), in ``mode``'s shape, as JSON text. Fields past
+    ``info_size`` are left out, as :mod:`flowlabel.tcpinfo` leaves them out of its dicts.
+    ``marks`` are the program's: where a field goes, and where the part that only a socket with a
+    congestion control gets begins and ends."""
+    field_mark, cong_begin, cong_end = marks
+    fields: list[tuple[str, int, int]] = []
+    tables: list[list[str]] = []
 
-    The rest are few (state names, option lists, congestion controls), so their
-    texts are kept.
-    """
-    if type(value) is int:
-        return value
-    key = tuple(value) if isinstance(value, list) else value
-    text = _JSON_TEXTS.get(key)
-    if text is None:
-        text = json.dumps(value, separators=(",", ":"))
-        if len(_JSON_TEXTS) < 1024:
-            _JSON_TEXTS[key] = text
-    return text
+    def field(name: str, made: str | None = None) -> str:
+        kind, arg, offset = tcpinfo.reading(name)
+        if made in _TABLES:
+            kind, arg = "table", len(tables)
+            tables.append([json.dumps(_MADE[made](value), separators=(",", ":")) for value in range(256)])
+        elif made is not None:
+            kind = made
+        fields.append((kind, arg, offset))
+        return field_mark
 
+    def fits(name: str) -> bool:
+        return tcpinfo.reading(name)[2] + tcpinfo.width(name) <= info_size
 
-class Encoder:
-    """``"usage":{...},"netlink":{...}`` for a ``tcp_info`` dict, in ``mode``'s shape.
-
-    The text is what ``json.dumps(members(info, mode))`` writes (compact), made
-    from a format string compiled once per shape of ``info`` (kernels differ in
-    how many fields they report) instead of building and encoding the objects for
-    every flow and period.
-    """
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self._compiled: dict[tuple[int, bool], tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
-
-    def members(self, info: dict[str, Any]) -> str:
-        shape = (len(info), bool(info.get("cong")))
-        compiled = self._compiled.get(shape)
-        if compiled is None:
-            compiled = self._compiled[shape] = self._compile(info)
-        template, values = compiled
-        return template.format(*values(info))
-
-    def _compile(self, info: dict[str, Any]) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
-        # (JSON member name, tcp_info field shown unchanged, or the function that makes the value)
-        members: list[tuple[str, str | Callable[[dict[str, Any]], Any]]]
-        if self.mode == "compatible":
-            members = [(name, source) for name, source in COMPATIBLE if callable(source) or source in info]
-        else:
-            shown = LEAN if self.mode == "lean" else FULL
-            members = sorted((shown[field], field) for field in info if field in shown)
-        plain = [source for _, source in members if isinstance(source, str)]
-        made = [source for _, source in members if not isinstance(source, str)]
-        # Format arguments: usage (0, 1), the plain fields, the made values, the congestion control.
-        slots, next_plain, next_made = [], 2, 2 + len(plain)
-        for name, source in members:
-            if isinstance(source, str):
-                slots.append(f'"{name}":{{{next_plain}}}')
-                next_plain += 1
-            else:
-                slots.append(f'"{name}":{{{next_made}}}')
-                next_made += 1
-        body = ",".join(slots)
-        with_cong = self.mode != "compatible" and bool(info.get("cong"))
-        if self.mode == "compatible":
-            netlink_text = f"{{{{{body}}}}}"
-        else:
-            cong = f'"cong":{{{{"algorithm":{{{next_made}}}}}}},' if with_cong else ""
-            netlink_text = f'{{{{{cong}"tcpInfo":{{{{{body}}}}}}}}}'
-        template = f'"usage":{{{{"received":{{0}},"sent":{{1}}}}}},"netlink":{netlink_text}'
-        fields = itemgetter(*plain) if len(plain) > 1 else (lambda i: tuple(i[f] for f in plain))
-
-        def values(i: dict[str, Any]) -> tuple[Any, ...]:
-            head = (i.get("bytes_received", 0), i.get("bytes_acked", 0), *fields(i),
-                    *[_json_value(m(i)) for m in made])
-            return (*head, _json_value(i["cong"])) if with_cong else head
-
-        return template, values
+    # The fields are listed in the order their marks come in the text.
+    usage_text = ",".join(f'"{key}":{field(name) if fits(name) else "0"}'
+                          for key, name in (("received", "bytes_received"), ("sent", "bytes_acked")))
+    if mode == "compatible":
+        body = ",".join(f'"{name}":{field(source, made)}'
+                        for name, source, made in _compatible() if fits(source))
+        netlink_text = f"{{{body}}}"
+    else:
+        fields.append(("cong", 0, 0))
+        cong = f'{cong_begin}"cong":{{"algorithm":{field_mark}}},{cong_end}'
+        shown = LEAN if mode == "lean" else FULL
+        body = ",".join(f'"{name}":{field(source)}'
+                        for name, source in sorted((shown[f], f) for f in shown if fits(f)))
+        netlink_text = f'{{{cong}"tcpInfo":{{{body}}}}}'
+    return f'"usage":{{{usage_text}}},"netlink":{netlink_text}', fields, tables

@@ -13,15 +13,15 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .flow import FLOW_KEY
 
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["TCP_INFO_FIELDS", "TcpStats", "of_ends", "of_flow", "of_key", "sweep", "sweep_fields",
-           "sweep_info"]
+__all__ = ["TCP_INFO_FIELDS", "TcpStats", "info_dict", "info_size", "of_ends", "of_flow", "of_key", "reading",
+           "sweep", "sweep_info", "width"]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -45,7 +45,7 @@ STATES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fi
 
 
 #: Every field of struct tcp_info (linux/tcp.h) after its first 8 bytes, in order, by its name
-#: without ``tcpi_``; the first 8 bytes are unpacked by :func:`_info_dict`.
+#: without ``tcpi_``; the first 8 bytes are unpacked by :func:`info_dict`.
 TCP_INFO_FIELDS = (
     ("rto", "I"), ("ato", "I"), ("snd_mss", "I"), ("rcv_mss", "I"), ("unacked", "I"), ("sacked", "I"),
     ("lost", "I"), ("retrans", "I"), ("fackets", "I"), ("last_data_sent", "I"), ("last_ack_sent", "I"),
@@ -77,6 +77,31 @@ def _field_offsets() -> dict[str, tuple[int, str]]:
 
 
 _OFFSETS = _field_offsets()
+#: The fields inside a byte: (byte's offset, what to take: its low or high four bits, bit 0, bits 1-2).
+_BIT_FIELDS = {"snd_wscale": (6, "low_nibble"), "rcv_wscale": (6, "high_nibble"),
+               "delivery_rate_app_limited": (7, "bit"), "fastopen_client_fail": (7, "bits_1_2")}
+_KINDS = {"B": "u8", "I": "u32", "Q": "u64"}
+
+
+def reading(name: str) -> tuple[str, int, int]:
+    """How csrc/ongoing.c reads the tcp_info field ``name``: (kind, argument, offset); KeyError for
+    names that are not fields."""
+    if name in _BIT_FIELDS:
+        offset, kind = _BIT_FIELDS[name]
+        return kind, 0, offset
+    offset, code = _OFFSETS[name]
+    return _KINDS[code], 0, offset
+
+
+def width(name: str) -> int:
+    """The bytes the field ``name`` takes in tcp_info (1 for those inside a byte)."""
+    return 1 if name in _BIT_FIELDS else struct.calcsize("=" + _OFFSETS[name][1])
+
+
+def info_size() -> int:
+    """The size of the running kernel's struct tcp_info (what it writes for TCP_INFO), at most 512."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        return len(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 512))
 
 
 def _struct_of(fields: list[tuple[int, str]]) -> struct.Struct:
@@ -88,7 +113,7 @@ def _struct_of(fields: list[tuple[int, str]]) -> struct.Struct:
     return struct.Struct(fmt)
 
 
-def _info_dict(buffer: bytes | bytearray, at: int, size: int) -> dict[str, Any]:
+def info_dict(buffer: bytes | bytearray, at: int, size: int) -> dict[str, Any]:
     """Every field of the ``tcp_info`` of ``size`` bytes at ``at``; fields past its end are absent."""
     rest: list[int] = []
     if size >= _ALL.size:
@@ -174,43 +199,6 @@ def sweep_info(family: int = socket.AF_INET6) -> dict[Socket, dict[str, Any]]:
     return found
 
 
-def sweep_fields(names: tuple[str, ...], family: int = socket.AF_INET6) -> dict[Socket, dict[str, Any]]:
-    """The ``tcp_info`` fields ``names`` of every open TCP socket, and ``cong``: :func:`sweep_info`
-    with only those fields unpacked, for callers that need a few."""
-    found: dict[Socket, Any] = {}
-    _dump(family, found, _picker(names))
-    return found
-
-
-_PICKERS: dict[tuple[str, ...], Callable[[bytes | bytearray, int, int], dict[str, Any]]] = {}
-
-
-def _picker(names: tuple[str, ...]) -> Callable[[bytes | bytearray, int, int], dict[str, Any]]:
-    """A function that unpacks the fields ``names`` of a tcp_info (one struct for all of them)."""
-    picker = _PICKERS.get(names)
-    if picker is not None:
-        return picker
-    unknown = [name for name in names if name not in _OFFSETS]
-    if unknown:
-        raise ValueError(f"not tcp_info fields: {', '.join(unknown)}")
-    ordered = sorted(names, key=lambda name: _OFFSETS[name][0])
-    whole = _struct_of([_OFFSETS[name] for name in ordered])
-
-    def pick(buffer: bytes | bytearray, at: int, size: int) -> dict[str, Any]:
-        if size >= whole.size:
-            return dict(zip(ordered, whole.unpack_from(buffer, at)))
-        # An older kernel's shorter tcp_info: the fields past its end are absent.
-        found = {}
-        for name in ordered:
-            offset, code = _OFFSETS[name]
-            if offset + struct.calcsize("=" + code) <= size:
-                found[name] = struct.unpack_from("=" + code, buffer, at + offset)[0]
-        return found
-
-    _PICKERS[names] = pick
-    return pick
-
-
 def _messages(family: int, extensions: int) -> Iterator[tuple[bytearray, int, int]]:
     """(buffer, offset, length) of each inet_diag message of one dump of ``family``'s open TCP
     sockets with the attributes ``extensions`` asks for; the buffer is reused between reads."""
@@ -276,14 +264,14 @@ def _dump_stats(family: int, found: dict[Socket, TcpStats]) -> None:
                 break
 
 
-def _dump(family: int, found: dict[Socket, Any],
-          unpack: Callable[[bytes | bytearray, int, int], dict[str, Any]] = _info_dict) -> None:
-    """:func:`sweep_info`'s dump: ``unpack`` makes the dict of each tcp_info, ``cong`` is added.
+def _dump(family: int, found: dict[Socket, Any]) -> None:
+    """:func:`sweep_info`'s dump: the dict of each tcp_info, and ``cong``.
 
     As in :func:`_dump_stats`, a message laid out as the last one read in full (same length,
     the same attribute headers where its tcp_info and congestion control were) is read at
     those offsets without walking its attributes."""
     extensions = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1)
+    unpack = info_dict
     unpack_head, header = _RTATTR.unpack_from, _RTATTR.size
     known_length, info_at, info_size, cong_at = -1, 0, 0, 0
     info_head: tuple[int, int] | None = None

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from e2e_support import READY_TIMEOUT, Daemon
 
-from flowlabel import enrichment, tcpinfo
+from flowlabel import tcpinfo
+from flowlabel.flow import FLOW_KEY
+from flowlabel.ongoing import OngoingRound
 from support.netns import A, B, Pair
 
 pytestmark = pytest.mark.netns
@@ -145,7 +147,7 @@ def every_attribute(family: int = socket.AF_INET6) -> dict[tcpinfo.Socket, dict[
     for buffer, offset, length in tcpinfo._messages(family, extensions):
         attrs = {kind: bytes(buffer[at : at + size])
                  for kind, at, size in tcpinfo._attributes(buffer, offset, length)}
-        info = tcpinfo._info_dict(attrs[tcpinfo.INET_DIAG_INFO], 0, len(attrs[tcpinfo.INET_DIAG_INFO]))
+        info = tcpinfo.info_dict(attrs[tcpinfo.INET_DIAG_INFO], 0, len(attrs[tcpinfo.INET_DIAG_INFO]))
         info["cong"] = attrs[tcpinfo.INET_DIAG_CONG].split(b"\0")[0].decode()
         found[tcpinfo._key(buffer, offset)] = info
     return found
@@ -154,18 +156,23 @@ def every_attribute(family: int = socket.AF_INET6) -> dict[tcpinfo.Socket, dict[
 def test_sweeps_read_what_every_attribute_says_with_mixed_congestion_controls(pair: Pair) -> None:
     # Two congestion controls of different name lengths give two message layouts, interleaved,
     # so the sweeps go back and forth between reading at known offsets and walking attributes.
+    # The ongoing round's parser (csrc/ongoing.c) reads the same dump.
     with connected(pair, 200, lambda n: b"reno" if n % 3 else b"cubic"), pair.a.entered():
         reference = every_attribute()
         whole = tcpinfo.sweep_info()
-        lean = tcpinfo.sweep_fields(("snd_cwnd", "bytes_sent"))
-    assert len(reference) == 200 and set(whole) == set(lean) == set(reference)
+        round_ = OngoingRound("lean", [])
+        for src, dst, sport, dport in reference:
+            round_.put(FLOW_KEY.pack(src, dst, sport, dport, socket.IPPROTO_TCP), "{}", None)
+        assert round_.dump() == 200
+    assert len(reference) == 200 and set(whole) == set(reference)
     congs = {info["cong"] for info in reference.values()}
     assert congs == {"reno", "cubic"}, congs
     for key, info in reference.items():
         assert {f: whole[key][f] for f in (*STEADY, "cong")} == {f: info[f] for f in (*STEADY, "cong")}
         assert set(whole[key]) == set(info)
-        assert lean[key] == {"snd_cwnd": info["snd_cwnd"], "bytes_sent": info["bytes_sent"],
-                             "cong": info["cong"]}
+        last = round_.last(FLOW_KEY.pack(*key, socket.IPPROTO_TCP))
+        assert last is not None and set(last) == set(info)
+        assert {f: last[f] for f in (*STEADY, "cong")} == {f: info[f] for f in (*STEADY, "cong")}
 
 
 #: flowd-go 2.x's per-flow metrics (backends/prometheus/metrics.go).
@@ -288,26 +295,3 @@ def test_top_shows_the_flows_live_in_a_terminal(pair: Pair, tmp_path: Path, daem
         stop.set()
         sender.join(10)
         tcp.close()
-
-
-def test_a_few_fields_read_as_the_whole_tcp_info_has_them(pair: Pair) -> None:
-    """The lean enrichment's sweep unpacks only its fields: the same values as the full one."""
-    tcp = pair.tcp_connection()
-    try:
-        tcp.client.sendall(b"x" * 70_000)
-        got = 0
-        while got < 70_000:
-            got += len(tcp.accepted.recv(1 << 20))
-        time.sleep(0.3)  # idle: the numbers stay put between the two reads
-        with pair.a.entered():
-            few = tcpinfo.sweep_fields(enrichment.LEAN_FIELDS)
-            whole = tcpinfo.sweep_info()
-        assert list(few) == list(whole) and len(few) == 1
-        (info,) = few.values()
-        assert set(info) == {*enrichment.LEAN_FIELDS, "cong"}
-        assert info == {name: whole[key][name] for key in few for name in info}
-        assert info["bytes_sent"] == 70_000 and info["pmtu"] == 1500
-    finally:
-        tcp.close()
-    with pytest.raises(ValueError, match="not tcp_info fields: rtt_us"):
-        tcpinfo.sweep_fields(("rtt", "rtt_us"))

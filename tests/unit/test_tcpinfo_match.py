@@ -21,7 +21,7 @@ def test_a_flow_is_found_in_either_orientation() -> None:
 
 
 def test_statistics_that_are_false_still_match() -> None:
-    # sweep_fields(()) finds an empty dict per socket
+    # a dict with no fields is false, and still a match
     assert tcpinfo.of_flow(sockets({}), Flow.of("tcp", LOCAL, REMOTE, 40000, 7000)) == {}
     assert tcpinfo.of_flow(sockets({}), Flow.of("tcp", REMOTE, LOCAL, 7000, 40000)) == {}
 

@@ -13,29 +13,34 @@ With ``enrich``, every TCP flow with a socket on this host also gets an
 ``ongoing`` firefly each ``enrichers.period`` (:meth:`FireflyBackend.ongoing`),
 carrying the connection's TCP statistics in ``netlink`` (in the shape of
 ``enrichmentMode``, :mod:`flowlabel.enrichment`) and its bytes in ``usage``; the
-end firefly carries the last of them.
+end firefly carries the last of them. The extension runs those rounds
+(:mod:`flowlabel.ongoing`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .. import enrichment, tcpinfo, times
+from .. import enrichment, times
 from ..config import FireflySender
 from ..events import EventError, FlowEvent, OngoingFirefly, format_firefly, syslog_header
-from ..flow import Flow, key_protocol
-from ..flowtable import ENDED, IPV4, STARTED, Change, FlowRecord, FlowTable
+from ..flow import key_protocol
+from ..flowtable import ENDED, IPV4, REFRESHED, STARTED, Change, FlowRecord, FlowTable
+from ..logs import RateLimitedLog
 from ..metrics import Family
+from ..ongoing import OngoingRound
 from ..udp import Target, UdpSender, resolve, target_of
 
 __all__ = ["FireflyBackend"]
 
+log = logging.getLogger(__name__)
+
 #: Flows an ongoing round writes before it lets other work run (FireflyBackend.ongoing_steps).
 ONGOING_STEP = 1000
-#: An ongoing firefly written but for its times and members, where it goes, and its flow.
-_Prepared = tuple[OngoingFirefly, Target, Flow]
 
 _NOT_RESENT = "firefly"
 
@@ -48,19 +53,23 @@ class FireflyBackend:
         self.collectors: list[Target] = []
         self.ongoing_sent = 0
         self._sender = UdpSender("firefly")
-        self._encoder = enrichment.Encoder(config.enrichment_mode)
-        #: The last tcp_info of each flow (by key), for its end firefly.
-        self._last: dict[bytes, dict[str, Any]] = {}
-        #: Each enriched flow's ongoing firefly (written but for its times and TCP members),
-        #: destination and flow, by key and label (a flow can be relabelled); None where none
-        #: can be written.
-        self._ongoing: dict[tuple[bytes, int], _Prepared | None] = {}
+        #: The ongoing round (with ``enrich``), and the label each TCP flow was registered in it
+        #: with, by key (a flow can be relabelled; one whose firefly cannot be written is here
+        #: but not in the round).
+        self._round: OngoingRound | None = None
+        self._registered: dict[bytes, int] = {}
+        self._registered_version = -1
+        self._round_log = RateLimitedLog(log, 10, "ongoing firefly rounds that failed")
 
     def start(self) -> None:
-        """Resolve the collectors; a name that does not resolve raises :class:`ConfigError`."""
+        """Resolve the collectors, and set up the ongoing round with ``enrich``; a name that does
+        not resolve raises :class:`ConfigError`, a round that cannot be set up
+        :class:`~flowlabel.errors.NotSupportedError` (no extension) or OSError."""
         if self.config.send_to_collector:
             targets = [resolve(host, port, path) for host, port, path in self.config.collector_endpoints()]
             self.collectors = list(dict.fromkeys(targets))
+        if self.config.enrich:
+            self._round = OngoingRound(self.config.enrichment_mode, self.collectors)
 
     def apply(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -74,12 +83,23 @@ class FireflyBackend:
                 # The end message carries what the flow was started with.
                 record = change.record
                 end = event.end_time or times.now()
-                info = self._last.pop(record.key, None)
+                info = self._forget(record.key)
                 extra = None if info is None else enrichment.members(info, self.config.enrichment_mode)
                 self.send(event._replace(experiment=record.experiment, activity=record.activity,
                                          start_time=record.start_time, end_time=end), extra)
+            elif outcome == REFRESHED and change.relabel and change.record is not None:
+                self._forget(change.record.key)  # registered again, relabelled, at the next round
             elif outcome == IPV4 and event.state in ("start", "end"):
                 self.send(event)
+
+    def _forget(self, key: bytes) -> dict[str, Any] | None:
+        """Takes the flow out of the ongoing round (at once: a round in steps skips it from now
+        on); its last TCP statistics, if a round read them."""
+        if self._round is None or self._registered.pop(key, None) is None:
+            return None
+        info = self._round.last(key)
+        self._round.drop(key)
+        return info
 
     def ongoing(self, table: FlowTable) -> int:
         """An ongoing firefly for each TCP flow of ``table`` with a socket here; how many were sent."""
@@ -88,70 +108,72 @@ class FireflyBackend:
 
     def ongoing_steps(self, table: FlowTable, step: int = ONGOING_STEP) -> Iterator[int]:
         """:meth:`ongoing` in steps of ``step`` flows, yielding the count sent so far after each, so
-        that a caller on an event loop can let events and requests in between (a round over
-        10,000 flows takes a fifth of a second). A flow that ends, or is relabelled, while the
-        round goes on gets no ongoing firefly in it.
-
-        Each period touches every flow, so this works from the table's keys and labels; a flow's
-        record is read only when its firefly is first written (or its label changed)."""
-        flows = table.labels()
-        sockets: dict[Any, dict[str, Any]] = {}
-        if any(key_protocol(key) == socket.IPPROTO_TCP for key, _ in flows):
-            # The lean shape needs a dozen fields, the others all of tcp_info.
-            lean = self.config.enrichment_mode == "lean"
-            sockets = tcpinfo.sweep_fields(enrichment.LEAN_FIELDS) if lean else tcpinfo.sweep_info()
+        that a caller on an event loop can let events and requests in between. A flow that ends,
+        or is relabelled, while the round goes on gets no ongoing firefly in it."""
+        round_ = self._round
+        if round_ is None:
+            yield 0
+            return
+        self._register(table)
+        try:
+            left = round_.dump()
+        except OSError as exc:
+            self._round_log.warning("ongoing fireflies not sent: %s", exc)
+            yield 0
+            return
         current = times.format_time(times.now())
         header = syslog_header(current) if self.config.prepend_syslog else ""
-        members = self._encoder.members
-        send = self._sender.send
-        to_destination = self.config.send_to_destination
-        of_key, label_of = tcpinfo.of_key, table.label_of
-        live: dict[bytes, dict[str, Any]] = {}
-        written: dict[tuple[bytes, int], _Prepared | None] = {}
-        sent = 0
-        version = table.version
-        for n, (key, label) in enumerate(flows, 1):
-            info = of_key(sockets, key) if sockets else None
-            if info is None or (table.version != version and label_of(key) != label):
-                continue
-            ident = (key, label)
-            if ident in self._ongoing:
-                prepared = self._ongoing[ident]
-            else:
-                record = table.get_key(key)
-                if record is None:
-                    continue  # ended since the round began
-                prepared = self._prepare(record)
-            live[key] = info
-            written[ident] = prepared
-            if prepared is None:
-                continue
-            message, destination, flow = prepared
-            payload = message.format(current, members(info), header)
-            if to_destination:
-                send(payload, destination, flow)
-            for target in self.collectors:
-                send(payload, target, flow)
-            sent += 1
-            self.ongoing_sent += 1
-            if n % step == 0:
-                yield sent
-        if table.version != version:
-            live = {key: info for key, info in live.items() if label_of(key) is not None}
-        # Flows that ended or lost their socket are forgotten.
-        self._last, self._ongoing = live, written
-        yield sent
+        written = 0
+        while True:
+            left, done = round_.send(header, current, step)
+            written += done.written
+            self.ongoing_sent += done.written
+            self._sender.sent += done.sent
+            if done.errors:
+                to = "a flow's destination"
+                if done.last_receiver is not None:
+                    address, port = self.collectors[done.last_receiver][1]
+                    to = f"{address} port {port}"
+                self._sender.fail("%d ongoing fireflies not sent, the last to %s: %s", done.errors, to,
+                                  os.strerror(done.last_errno))
+                self._sender.errors += done.errors - 1  # fail() counted one
+            yield written
+            if not left:
+                return
 
-    def _prepare(self, record: FlowRecord) -> _Prepared | None:
+    def _register(self, table: FlowTable) -> None:
+        """The round's flows made the table's TCP flows (if it changed since the last round)."""
+        assert self._round is not None
+        if table.version == self._registered_version:
+            return
+        registered, now = self._registered, {}
+        for key, label in table.labels():
+            if key_protocol(key) != socket.IPPROTO_TCP:
+                continue
+            now[key] = label
+            if registered.get(key) == label:
+                continue
+            record = table.get_key(key)
+            if record is not None:
+                self._put(record)
+        for key in registered.keys() - now.keys():
+            self._round.drop(key)
+        self._registered, self._registered_version = now, table.version
+
+    def _put(self, record: FlowRecord) -> None:
+        """Registers the flow in the round; one whose firefly cannot be written is logged instead."""
+        assert self._round is not None
         flow = record.flow
         try:
             event = FlowEvent("ongoing", flow.protocol, flow.src, flow.dst, flow.sport, flow.dport,
                               record.experiment, record.activity, record.start_time, None, record.application)
-            message = OngoingFirefly(event)
-            return message, target_of(str(flow.dst), self.config.destination_port), flow
-        except (EventError, ValueError) as exc:
+            template = OngoingFirefly(event).template(*self._round.marks)
+            destination = (target_of(str(flow.dst), self.config.destination_port)
+                           if self.config.send_to_destination else None)
+            self._round.put(record.key, template, destination)
+        except (EventError, ValueError, OSError) as exc:
+            self._round.drop(record.key)
             self._sender.fail("ongoing firefly for %s not written: %s", flow, exc)
-            return None
 
     def send(self, event: FlowEvent, extra: dict[str, Any] | None = None) -> None:
         cfg = self.config
@@ -167,6 +189,7 @@ class FireflyBackend:
 
     def stop(self) -> None:
         self._sender.close()
+        self._round = None
 
     def families(self) -> list[Family]:
         return [

@@ -323,10 +323,18 @@ class OngoingFirefly:
 
     def format(self, current: str, members: str, header: str = "") -> bytes:
         """The firefly at ``current`` (written form) with ``members``, JSON member text (may be empty)."""
+        return self._text(header, current, f",{members}" if members else "").encode("ascii")
+
+    def template(self, header: str, current: str, members: str) -> str:
+        """The firefly with the marks ``header``, ``current`` and ``members`` where the syslog
+        header, the current time and the members go (csrc/ongoing.h's marks, which JSON text
+        never holds unescaped)."""
+        return self._text(header, current, f",{members}")
+
+    def _text(self, header: str, current: str, extra: str) -> str:
         start = self._start or current
-        extra = f",{members}" if members else ""
         return (f'{header}{{"version":1,"flow-lifecycle":{{"state":"ongoing","start-time":"{start}",'
-                f'"current-time":"{current}"}},{self._identity}{extra}}}').encode("ascii")
+                f'"current-time":"{current}"}},{self._identity}{extra}}}')
 
 
 _COMPACT = (",", ":")

@@ -1,0 +1,56 @@
+"""The members the extension's ongoing round writes (csrc/ongoing.c, from enrichment.program) are
+the text json.dumps writes for enrichment.members, for any tcp_info, of any kernel's size."""
+
+from __future__ import annotations
+
+import json
+import struct
+from functools import cache
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowlabel import enrichment, tcpinfo
+from flowlabel.ongoing import OngoingRound
+
+_NAMES = [name for name, _ in tcpinfo.TCP_INFO_FIELDS]
+_CODES = dict(tcpinfo.TCP_INFO_FIELDS)
+#: Values that the compatible shape treats specially (rto 3 s, ssthresh "infinite"), and the widest.
+_SPECIAL = [0, 1, 3_000_000, 0xFFFF, 0xFFFFFFFF]
+
+
+@cache
+def round_for(mode: str, size: int) -> OngoingRound:
+    return OngoingRound(mode, [], info_size=size)
+
+
+@st.composite
+def tcp_infos(draw: st.DrawFn) -> bytes:
+    """A tcp_info as a kernel writes it: its first 8 bytes, then a prefix of the fields (older
+    kernels write fewer)."""
+    info = bytearray(draw(st.binary(min_size=8, max_size=8)))
+    for name in _NAMES[: draw(st.integers(25, len(_NAMES)))]:
+        top = (1 << (64 if _CODES[name] == "Q" else 32)) - 1
+        value = draw(st.sampled_from([v for v in _SPECIAL if v <= top]) | st.integers(0, top))
+        info += struct.pack("=" + _CODES[name], value)
+    return bytes(info)
+
+
+@given(tcp_infos(), st.sampled_from(["lean", "compatible", ""]),
+       st.sampled_from([None, "", "cubic", "bbr", 'we"ird', "back\\slash"]))
+def test_the_round_writes_what_json_dumps_writes(info: bytes, mode: str, cong: str | None) -> None:
+    fields = tcpinfo.info_dict(info, 0, len(info))
+    fields["cong"] = cong
+    expected = json.dumps(enrichment.members(fields, mode), separators=(",", ":"))[1:-1]
+    assert round_for(mode, len(info)).members(info, cong) == expected
+
+
+def test_a_tcp_info_shorter_than_the_program_reads_is_refused() -> None:
+    with pytest.raises(OSError, match="Invalid argument"):
+        round_for("lean", 200).members(bytes(120), "cubic")
+
+
+def test_a_program_past_the_tcp_info_is_refused() -> None:
+    with pytest.raises(OSError, match="Invalid argument"):
+        OngoingRound("lean", [], info_size=4096)
