@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -30,6 +31,7 @@
 struct batch {
 	int fd;
 	int receiver; /* -1 for flows' destinations, else the collector's index */
+	int stalled;  /* a send waited in vain this round: the rest do not wait */
 	int n;
 	struct mmsghdr msgs[BATCH];
 	struct iovec iov[BATCH];
@@ -139,9 +141,26 @@ static int grow(struct fl_ongoing *o)
 	return rehash(o, (__u32)capacity * 2);
 }
 
+/*
+ * A UDP socket for a round's bursts: a send buffer of SEND_BUFFER where the
+ * process may have it (CAP_NET_ADMIN; else the host's wmem_max), and sends
+ * that wait up to SEND_WAIT for room, so that a burst into a network card's
+ * queue is paced by the card instead of lost.
+ */
+#define SEND_BUFFER (4 << 20)
+#define SEND_WAIT_US 100000
+
 static int udp_socket(int family)
 {
-	return socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0), size = SEND_BUFFER;
+	struct timeval wait = {.tv_sec = 0, .tv_usec = SEND_WAIT_US};
+
+	if (fd < 0)
+		return fd;
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof(wait));
+	return fd;
 }
 
 struct fl_ongoing *fl_ongoing_new(void)
@@ -356,9 +375,7 @@ int fl_ongoing_put(struct fl_ongoing *o, const void *ends, const char *text, siz
 	f->text_len = text_len;
 	memcpy(&f->dest, dest, dest_len);
 	f->dest_len = dest_len;
-	f->round = 0;
 	f->pending = 0;
-	f->info_len = 0;
 	return 0;
 }
 
@@ -395,40 +412,21 @@ int fl_ongoing_last(struct fl_ongoing *o, const void *ends, void *info, char *co
 {
 	int i = find(o, ends);
 
-	if (i < 0 || o->flows[i].info_len == 0)
+	if (i < 0 || o->flows[i].round != o->round || o->flows[i].info_len == 0)
 		return -ENOENT;
 	memcpy(info, o->flows[i].info, o->flows[i].info_len);
 	memcpy(cong, o->flows[i].cong, FL_CONG_MAX);
 	return o->flows[i].info_len;
 }
 
-/* Keeps the socket's statistics for its flow: the one with the socket's ends, else the one announced the other way round. */
-static void match(struct fl_ongoing *o, const struct inet_diag_msg *msg, const __u8 *info, size_t info_len,
-		  const char *cong, size_t cong_len)
+/* Gives the flow i the socket's statistics; exact: the flow's ends are the socket's. */
+static void keep(struct fl_ongoing *o, int i, int exact, const __u8 *info, size_t info_len, const char *cong,
+		 size_t cong_len)
 {
-	__u8 ends[ENDS_SIZE];
-	const struct inet_diag_sockid *id = &msg->id;
-	int exact = 1, i;
-
-	memcpy(ends, id->idiag_src, 16);
-	memcpy(ends + 16, id->idiag_dst, 16);
-	memcpy(ends + 32, &id->idiag_sport, 2);
-	memcpy(ends + 34, &id->idiag_dport, 2);
-	i = find(o, ends);
-	if (i < 0) {
-		memcpy(ends, id->idiag_dst, 16);
-		memcpy(ends + 16, id->idiag_src, 16);
-		memcpy(ends + 32, &id->idiag_dport, 2);
-		memcpy(ends + 34, &id->idiag_sport, 2);
-		i = find(o, ends);
-		exact = 0;
-	}
-	if (i < 0 || info_len < o->info_size)
-		return;
 	struct flow *f = &o->flows[i];
 
-	if (f->round == o->round && (f->exact || !exact))
-		return; /* both ends are sockets here: the one announced wins */
+	if (f->round == o->round && f->exact && !exact)
+		return; /* the flow has a socket of its own here */
 	if (f->round != o->round) {
 		if (o->n_matched == o->matched_capacity) {
 			int capacity = o->matched_capacity ? o->matched_capacity * 2 : 1024;
@@ -448,6 +446,36 @@ static void match(struct fl_ongoing *o, const struct inet_diag_msg *msg, const _
 	memcpy(f->info, info, f->info_len);
 	memset(f->cong, 0, FL_CONG_MAX);
 	memcpy(f->cong, cong, cong_len < FL_CONG_MAX - 1 ? cong_len : FL_CONG_MAX - 1);
+}
+
+/*
+ * The socket's statistics for the flow with its ends, and for the flow
+ * announced the other way round (both ends can be sockets of this host, and
+ * both orientations can be announced as flows of their own).
+ */
+static void match(struct fl_ongoing *o, const struct inet_diag_msg *msg, const __u8 *info, size_t info_len,
+		  const char *cong, size_t cong_len)
+{
+	const struct inet_diag_sockid *id = &msg->id;
+	__u8 ends[ENDS_SIZE];
+	int i;
+
+	if (info_len < o->info_size)
+		return;
+	memcpy(ends, id->idiag_src, 16);
+	memcpy(ends + 16, id->idiag_dst, 16);
+	memcpy(ends + 32, &id->idiag_sport, 2);
+	memcpy(ends + 34, &id->idiag_dport, 2);
+	i = find(o, ends);
+	if (i >= 0)
+		keep(o, i, 1, info, info_len, cong, cong_len);
+	memcpy(ends, id->idiag_dst, 16);
+	memcpy(ends + 16, id->idiag_src, 16);
+	memcpy(ends + 32, &id->idiag_dport, 2);
+	memcpy(ends + 34, &id->idiag_sport, 2);
+	i = find(o, ends);
+	if (i >= 0)
+		keep(o, i, 0, info, info_len, cong, cong_len);
 }
 
 static void message(struct fl_ongoing *o, const struct nlmsghdr *h)
@@ -493,6 +521,8 @@ int fl_ongoing_dump(struct fl_ongoing *o)
 	if (o->round == 0)
 		o->round = 1; /* 0 means never matched */
 	o->n_matched = o->cursor = 0;
+	for (int i = 0; o->batches && i < o->n_collectors + 2; i++)
+		o->batches[i].stalled = 0;
 	connect_collectors(o);
 	fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
 	if (fd < 0)
@@ -543,14 +573,16 @@ int fl_ongoing_dump(struct fl_ongoing *o)
 
 /* --- writing ------------------------------------------------------------- */
 
+/* Where text is written; once something did not fit, nothing more is (the caller checks full). */
 struct out {
 	char *at, *end;
+	int full;
 };
 
 static void put_text(struct out *w, const char *text, size_t len)
 {
-	if (len > (size_t)(w->end - w->at)) {
-		w->at = w->end + 1; /* overflowed: the caller checks at > end */
+	if (w->full || len > (size_t)(w->end - w->at)) {
+		w->full = 1;
 		return;
 	}
 	memcpy(w->at, text, len);
@@ -566,8 +598,8 @@ static void put_u64(struct out *w, unsigned long long v)
 		digits[n++] = (char)('0' + v % 10);
 		v /= 10;
 	} while (v);
-	if (n > w->end - w->at) {
-		w->at = w->end + 1;
+	if (w->full || n > w->end - w->at) {
+		w->full = 1;
 		return;
 	}
 	while (n)
@@ -677,7 +709,7 @@ int fl_ongoing_members(struct fl_ongoing *o, const void *info, __u32 info_len, c
 		       size_t size)
 {
 	struct flow *flow = calloc(1, sizeof(*flow));
-	struct out w = {out, out + size - 1};
+	struct out w = {out, out + size - 1, 0};
 
 	if (!flow)
 		return -ENOMEM;
@@ -690,7 +722,7 @@ int fl_ongoing_members(struct fl_ongoing *o, const void *info, __u32 info_len, c
 	strncpy(flow->cong, cong, FL_CONG_MAX - 1);
 	put_members(o, &w, flow);
 	free(flow);
-	if (w.at > w.end)
+	if (w.full)
 		return -EMSGSIZE;
 	*w.at = '\0';
 	return (int)(w.at - out);
@@ -718,7 +750,7 @@ static int write_firefly(const struct fl_ongoing *o, struct out *w, const struct
 			put_members(o, w, flow);
 		p = mark + 1;
 	}
-	return w->at <= w->end;
+	return !w->full;
 }
 
 static void flush(struct batch *b, struct fl_ongoing_sent *out)
@@ -726,15 +758,24 @@ static void flush(struct batch *b, struct fl_ongoing_sent *out)
 	int done = 0;
 
 	while (done < b->n) {
-		int n = sendmmsg(b->fd, b->msgs + done, b->n - done, MSG_DONTWAIT);
+		int n = sendmmsg(b->fd, b->msgs + done, b->n - done, b->stalled ? MSG_DONTWAIT : 0);
 
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			/* the first one failed: count it and go on with the rest */
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				b->stalled = 1;
 			out->errors++;
 			out->last_errno = errno;
 			out->last_receiver = b->receiver;
+			if (b->receiver < 0) {
+				const struct msghdr *h = &b->msgs[done].msg_hdr;
+
+				memset(out->last_address, 0, sizeof(out->last_address));
+				memcpy(out->last_address, h->msg_name,
+				       h->msg_namelen < sizeof(out->last_address) ? h->msg_namelen : sizeof(out->last_address));
+			}
 			done++;
 			continue;
 		}
@@ -787,12 +828,10 @@ int fl_ongoing_send(struct fl_ongoing *o, const char *header, const char *curren
 			used = 0;
 		}
 		char *payload = o->payloads[used];
-		struct out w = {payload, payload + FL_FIREFLY_MAX};
+		struct out w = {payload, payload + FL_FIREFLY_MAX, 0};
 
 		if (!write_firefly(o, &w, f, header, current)) {
-			out->errors++;
-			out->last_errno = EMSGSIZE;
-			out->last_receiver = -1;
+			out->too_long++;
 			continue;
 		}
 		used++;

@@ -30,8 +30,8 @@
 /* Room for a socket's tcp_info (the kernel's is 248 bytes in 7.x) and its congestion control's name. */
 #define FL_INFO_MAX 512
 #define FL_CONG_MAX 16
-/* Room for one firefly; a longer one is not sent and counts as an error (EMSGSIZE). */
-#define FL_FIREFLY_MAX 16384
+/* Room for one firefly, the most a UDP datagram carries; a longer one is not sent (too_long). */
+#define FL_FIREFLY_MAX 65507
 /* Value tables (kind FL_TABLE): a JSON text of up to 31 bytes for each value of a one-byte field. */
 #define FL_TABLE_TEXT 32
 
@@ -60,10 +60,12 @@ struct fl_field {
 /* What one fl_ongoing_send step did. */
 struct fl_ongoing_sent {
 	__u32 written;       /* fireflies written (one per flow) */
+	__u32 too_long;      /* fireflies not written: longer than FL_FIREFLY_MAX */
 	__u32 sent;          /* datagrams sent (one per receiver) */
 	__u32 errors;        /* datagrams not sent */
 	int last_errno;      /* why the last one was not */
-	int last_receiver;   /* to whom: -1 a flow's destination, else the collector's index */
+	int last_receiver;   /* to whom: -1 a flow's destination (last_address), else the collector's index */
+	__u8 last_address[28];  /* that destination's sockaddr_in or sockaddr_in6 */
 };
 
 struct fl_ongoing;
@@ -88,7 +90,8 @@ int fl_ongoing_collectors(struct fl_ongoing *o, const void *addrs, const __u32 *
  * A flow: its ends (source and destination address, source and destination
  * port, network order: 36 bytes, a flow key's first), its template, and the
  * socket address of its destination's firefly port (dest_len 0 for none).
- * Registering known ends replaces the flow's template and forgets its match.
+ * Registering known ends replaces the flow's template and destination and
+ * takes the flow out of the round under way; its last statistics stay.
  */
 int fl_ongoing_put(struct fl_ongoing *o, const void *ends, const char *text, size_t text_len, const void *dest,
 		   __u32 dest_len);
@@ -97,9 +100,9 @@ int fl_ongoing_drop(struct fl_ongoing *o, const void *ends);
 int fl_ongoing_count(struct fl_ongoing *o);
 
 /*
- * The flow's tcp_info and congestion control from the last dump that matched
- * it: the tcp_info's size (at most FL_INFO_MAX bytes into info, cong gets
- * FL_CONG_MAX bytes, NUL-terminated); -ENOENT if it has none.
+ * The flow's tcp_info and congestion control from the last dump, if that
+ * found its socket: the tcp_info's size (at most FL_INFO_MAX bytes into info,
+ * cong gets FL_CONG_MAX bytes, NUL-terminated); -ENOENT if it has none.
  */
 int fl_ongoing_last(struct fl_ongoing *o, const void *ends, void *info, char *cong);
 
@@ -112,8 +115,9 @@ int fl_ongoing_members(struct fl_ongoing *o, const void *info, __u32 info_len, c
 		       size_t size);
 
 /*
- * A new round: one sock_diag dump, each socket matched to the flow with its
- * ends (or, failing that, reversed). Returns how many flows matched.
+ * A new round: one sock_diag dump. A socket is the flow's with its ends, and
+ * that of the flow announced the other way round unless that flow has a
+ * socket of its own. Returns how many flows matched.
  */
 int fl_ongoing_dump(struct fl_ongoing *o);
 

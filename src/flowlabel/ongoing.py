@@ -23,21 +23,23 @@ from . import enrichment, tcpinfo
 from .bpf.ext import extension
 from .udp import Target
 
-__all__ = ["OngoingRound", "Sent", "sockaddr"]
+__all__ = ["OngoingRound", "Sent", "address_of", "sockaddr"]
 
 #: A flow's ends in its key: source and destination address, source and destination port.
 ENDS = slice(0, 36)
 
 
 class Sent(NamedTuple):
-    """What a step did: fireflies written, datagrams sent and not sent, and about the last failure:
-    its errno and receiver (None for a flow's destination, else the collector's index)."""
+    """What a step did: fireflies written, and not written for being longer than a datagram;
+    datagrams sent and not sent, and about the last that was not: its errno and receiver (the
+    collector's index, or the flow's destination address and port)."""
 
     written: int
+    too_long: int
     sent: int
     errors: int
     last_errno: int
-    last_receiver: int | None
+    last_receiver: int | tuple[str, int]
 
 
 def sockaddr(target: Target) -> bytes:
@@ -52,6 +54,15 @@ def sockaddr(target: Target) -> bytes:
         scope = int(found[0][4][3])  # type: ignore[misc]
         address = address.partition("%")[0]
     return head + bytes(4) + socket.inet_pton(family, address) + struct.pack("=I", scope)
+
+
+def address_of(packed: bytes) -> tuple[str, int]:
+    """The address and port of a struct sockaddr_in or sockaddr_in6 (:func:`sockaddr`'s inverse)."""
+    (family,) = struct.unpack_from("=H", packed)
+    (port,) = struct.unpack_from("!H", packed, 2)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, packed[4:8]), port
+    return socket.inet_ntop(socket.AF_INET6, packed[8:24]), port
 
 
 def _check(what: str, result: int) -> int:
@@ -101,8 +112,9 @@ class OngoingRound:
         return int(self._lib.fl_ongoing_count(self._handle))
 
     def put(self, key: bytes, template: str, destination: Target | None) -> None:
-        """Registers (or replaces) the flow of ``key``: its firefly template and where its own
-        firefly goes besides the collectors."""
+        """Registers the flow of ``key``: its firefly template and where its own firefly goes
+        besides the collectors. A registered flow's are replaced, and it gets no firefly in the
+        round under way."""
         text = template.encode("ascii")
         dest = sockaddr(destination) if destination is not None else b""
         _check("ongoing fireflies", self._lib.fl_ongoing_put(self._handle, key[ENDS], text, len(text), dest,
@@ -113,7 +125,8 @@ class OngoingRound:
         return bool(self._lib.fl_ongoing_drop(self._handle, key[ENDS]) == 0)
 
     def last(self, key: bytes) -> dict[str, Any] | None:
-        """The flow's ``tcp_info`` fields and ``cong`` as the last round read them, or None."""
+        """The flow's ``tcp_info`` fields and ``cong`` as the last round read them; None if that
+        round found no socket of the flow."""
         size = self._lib.fl_ongoing_last(self._handle, key[ENDS], self._info, self._cong)
         if size < 0:
             return None
@@ -139,5 +152,7 @@ class OngoingRound:
         left = _check("ongoing fireflies", self._lib.fl_ongoing_send(
             self._handle, header.encode("ascii"), current.encode("ascii"), count, self._sent))
         s = self._sent
-        return left, Sent(s.written, s.sent, s.errors, s.last_errno,
-                          None if s.last_receiver < 0 else s.last_receiver)
+        receiver: int | tuple[str, int] = s.last_receiver
+        if s.errors and s.last_receiver < 0:
+            receiver = address_of(bytes(s.last_address))
+        return left, Sent(s.written, s.too_long, s.sent, s.errors, s.last_errno, receiver)

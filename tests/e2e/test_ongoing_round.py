@@ -104,6 +104,22 @@ def test_each_flow_gets_the_members_of_its_own_sockets_tcp_info(mode: str, pair:
         assert round_.last(flow_key(missing.flow)) is None
 
 
+def test_both_orientations_announced_as_flows_of_their_own_share_the_socket(pair: Pair,
+                                                                          sink: socket.socket) -> None:
+    with held_connections(pair, 1, PORT) as clients:
+        sport = clients[0].getsockname()[1]
+        table = FlowTable()
+        table.apply(start(sport), "test")
+        table.apply(start(sport, reverse=True, activity=16), "test")
+        fireflies = backend(pair, sink)
+        with pair.a.entered():
+            assert fireflies.ongoing(table) == 2
+        messages = [json.loads(m) for m in received(sink)]
+        assert sorted(m["context"]["activity-id"] for m in messages) == [15, 16]
+        assert messages[0]["usage"] == messages[1]["usage"]
+        fireflies.stop()
+
+
 def test_the_round_reads_what_a_sweep_reads(pair: Pair) -> None:
     tcp = pair.tcp_connection()
     try:
@@ -124,19 +140,23 @@ def test_the_round_reads_what_a_sweep_reads(pair: Pair) -> None:
         assert info["bytes_acked"] == 70_001 and info["pmtu"] == 1500
     finally:
         tcp.close()
+    time.sleep(0.2)
+    with pair.a.entered():
+        assert round_.dump() == 0
+    assert round_.last(flow_key(event.flow)) is None  # no socket now: no statistics
 
 
 def test_a_round_in_steps_skips_flows_that_end_or_are_relabelled_meanwhile(pair: Pair,
                                                                          sink: socket.socket) -> None:
-    with held_connections(pair, 2500, PORT) as clients:
+    with held_connections(pair, 1500, PORT) as clients:
         ports = [c.getsockname()[1] for c in clients]
         table = FlowTable()
         for port in ports:
             table.apply(start(port), "test")
         fireflies = backend(pair, sink)
         with pair.a.entered():
-            assert fireflies.ongoing(table) == 2500
-        assert len(received(sink)) == 2500
+            assert fireflies.ongoing(table) == 1500
+        assert len(received(sink)) == 1500
 
         with pair.a.entered():
             steps = fireflies.ongoing_steps(table, step=1000)
@@ -147,10 +167,10 @@ def test_a_round_in_steps_skips_flows_that_end_or_are_relabelled_meanwhile(pair:
         with pair.a.entered():  # where the end firefly is sent from
             fireflies.apply([table.apply(FlowEvent.of("end", "tcp", A, B, ended, PORT, 2, 15), "test")])
             fireflies.apply([table.apply(start(relabelled, activity=16), "test")])
-            assert list(steps)[-1] == 2498
+            assert list(steps)[-1] == 1498
         messages = [json.loads(m) for m in received(sink)]
         states = [m["flow-lifecycle"]["state"] for m in messages]
-        assert states.count("ongoing") == 1498 and states.count("end") == 1
+        assert states.count("ongoing") == 498 and states.count("end") == 1
         sent = [m["flow-id"]["src-port"] for m in messages]
         assert sent.count(ended) == 1 and relabelled not in sent  # its end firefly; nothing after it
         (end,) = [m for m in messages if m["flow-lifecycle"]["state"] == "end"]
@@ -158,9 +178,9 @@ def test_a_round_in_steps_skips_flows_that_end_or_are_relabelled_meanwhile(pair:
 
         # The next round: every active flow once, the relabelled one with its new activity.
         with pair.a.entered():
-            assert fireflies.ongoing(table) == 2499
+            assert fireflies.ongoing(table) == 1499
         messages = [json.loads(m) for m in received(sink)]
-        assert len(messages) == 2499
+        assert len(messages) == 1499
         (new,) = [m for m in messages if m["flow-id"]["src-port"] == relabelled]
         assert new["context"]["activity-id"] == 16
         fireflies.stop()
@@ -228,4 +248,22 @@ def test_fireflies_go_to_each_flows_destination_too(pair: Pair) -> None:
         got = received(listener)
         assert sorted(json.loads(m)["flow-id"]["src-port"] for m in got) == \
             sorted(c.getsockname()[1] for c in clients)
+        fireflies.stop()
+
+
+def test_a_firefly_longer_than_a_datagram_is_counted_and_logged(pair: Pair, sink: socket.socket,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    with held_connections(pair, 3, PORT) as clients:
+        table = FlowTable()
+        for n, client in enumerate(clients):
+            event = start(client.getsockname()[1])
+            table.apply(event._replace(application="x" * 70_000) if n == 0 else event, "test")
+        fireflies = backend(pair, sink)
+        caplog.set_level(logging.WARNING)
+        with pair.a.entered():
+            assert fireflies.ongoing(table) == 2
+        assert len(received(sink)) == 2
+        families = {f.name: f.samples[0][1] for f in fireflies.families()}
+        assert families["flowlabel_firefly_send_errors_total"] == 1
+        assert "1 ongoing fireflies not written: longer than a datagram holds" in caplog.text
         fireflies.stop()

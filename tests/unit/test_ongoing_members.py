@@ -3,7 +3,9 @@ the text json.dumps writes for enrichment.members, for any tcp_info, of any kern
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import struct
 from functools import cache
 
@@ -12,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowlabel import enrichment, tcpinfo
-from flowlabel.ongoing import OngoingRound
+from flowlabel.ongoing import OngoingRound, address_of, sockaddr
 
 _NAMES = [name for name, _ in tcpinfo.TCP_INFO_FIELDS]
 _CODES = dict(tcpinfo.TCP_INFO_FIELDS)
@@ -54,3 +56,25 @@ def test_a_tcp_info_shorter_than_the_program_reads_is_refused() -> None:
 def test_a_program_past_the_tcp_info_is_refused() -> None:
     with pytest.raises(OSError, match="Invalid argument"):
         OngoingRound("lean", [], info_size=4096)
+
+
+def test_text_that_does_not_fit_is_refused_and_nothing_written_past_the_buffer() -> None:
+    from flowlabel.bpf.ext import extension
+
+    ffi, lib = extension()
+    round_ = round_for("lean", tcpinfo.info_size())
+    info = bytes(tcpinfo.info_size())
+    for size in (1, 3, 40, 200):
+        out = ffi.new("char[]", size + 64)
+        ffi.buffer(out)[:] = b"\xaa" * (size + 64)
+        assert lib.fl_ongoing_members(round_._handle, info, len(info), b"cubic", out, size) == -errno.EMSGSIZE
+        assert ffi.buffer(out)[size:] == b"\xaa" * 64  # the guard after the buffer is untouched
+
+
+@pytest.mark.parametrize("target", [(socket.AF_INET6, ("2001:db8::1", 10514)),
+                                    (socket.AF_INET, ("192.0.2.1", 1)),
+                                    (socket.AF_INET6, ("::ffff:192.0.2.1", 65535))])
+def test_a_socket_address_reads_back_as_written(target: tuple[int, tuple[str, int]]) -> None:
+    packed = sockaddr(target)
+    assert len(packed) == (28 if target[0] == socket.AF_INET6 else 16)
+    assert address_of(packed) == target[1]

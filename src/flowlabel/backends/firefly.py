@@ -19,7 +19,6 @@ end firefly carries the last of them. The extension runs those rounds
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator
@@ -30,14 +29,11 @@ from ..config import FireflySender
 from ..events import EventError, FlowEvent, OngoingFirefly, format_firefly, syslog_header
 from ..flow import key_protocol
 from ..flowtable import ENDED, IPV4, REFRESHED, STARTED, Change, FlowRecord, FlowTable
-from ..logs import RateLimitedLog
 from ..metrics import Family
 from ..ongoing import OngoingRound
 from ..udp import Target, UdpSender, resolve, target_of
 
 __all__ = ["FireflyBackend"]
-
-log = logging.getLogger(__name__)
 
 #: Flows an ongoing round writes before it lets other work run (FireflyBackend.ongoing_steps).
 ONGOING_STEP = 1000
@@ -59,7 +55,6 @@ class FireflyBackend:
         self._round: OngoingRound | None = None
         self._registered: dict[bytes, int] = {}
         self._registered_version = -1
-        self._round_log = RateLimitedLog(log, 10, "ongoing firefly rounds that failed")
 
     def start(self) -> None:
         """Resolve the collectors, and set up the ongoing round with ``enrich``; a name that does
@@ -88,9 +83,16 @@ class FireflyBackend:
                 self.send(event._replace(experiment=record.experiment, activity=record.activity,
                                          start_time=record.start_time, end_time=end), extra)
             elif outcome == REFRESHED and change.relabel and change.record is not None:
-                self._forget(change.record.key)  # registered again, relabelled, at the next round
+                self._relabel(change.record)
             elif outcome == IPV4 and event.state in ("start", "end"):
                 self.send(event)
+
+    def _relabel(self, record: FlowRecord) -> None:
+        """A registered flow's firefly written anew with its new context (it gets none in the
+        round under way, which read its statistics with the old)."""
+        if self._round is not None and record.key in self._registered:
+            self._registered[record.key] = record.label
+            self._put(record)
 
     def _forget(self, key: bytes) -> dict[str, Any] | None:
         """Takes the flow out of the ongoing round (at once: a round in steps skips it from now
@@ -115,10 +117,13 @@ class FireflyBackend:
             yield 0
             return
         self._register(table)
+        if not len(round_):
+            yield 0
+            return
         try:
             left = round_.dump()
         except OSError as exc:
-            self._round_log.warning("ongoing fireflies not sent: %s", exc)
+            self._sender.fail("ongoing fireflies not sent: %s", exc)
             yield 0
             return
         current = times.format_time(times.now())
@@ -129,14 +134,18 @@ class FireflyBackend:
             written += done.written
             self.ongoing_sent += done.written
             self._sender.sent += done.sent
+            if done.too_long:
+                self._sender.fail("%d ongoing fireflies not written: longer than a datagram holds "
+                                  "(65,507 bytes)", done.too_long)
+                self._sender.errors += done.too_long - 1  # fail() counted one
             if done.errors:
-                to = "a flow's destination"
-                if done.last_receiver is not None:
+                if isinstance(done.last_receiver, int):
                     address, port = self.collectors[done.last_receiver][1]
-                    to = f"{address} port {port}"
-                self._sender.fail("%d ongoing fireflies not sent, the last to %s: %s", done.errors, to,
-                                  os.strerror(done.last_errno))
-                self._sender.errors += done.errors - 1  # fail() counted one
+                else:
+                    address, port = done.last_receiver
+                self._sender.fail("%d ongoing fireflies not sent, the last to %s port %d: %s", done.errors,
+                                  address, port, os.strerror(done.last_errno))
+                self._sender.errors += done.errors - 1
             yield written
             if not left:
                 return
@@ -189,7 +198,7 @@ class FireflyBackend:
 
     def stop(self) -> None:
         self._sender.close()
-        self._round = None
+        self._round, self._registered, self._registered_version = None, {}, -1
 
     def families(self) -> list[Family]:
         return [
