@@ -554,7 +554,7 @@ int fl_ongoing_dump(struct fl_ongoing *o)
 			if (h->nlmsg_type == NLMSG_ERROR) {
 				const struct nlmsgerr *e = NLMSG_DATA(h);
 
-				err = e->error < 0 ? e->error : -EPROTO;
+				err = h->nlmsg_len >= NLMSG_LENGTH(sizeof(*e)) && e->error < 0 ? e->error : -EPROTO;
 				break;
 			}
 			message(o, h);

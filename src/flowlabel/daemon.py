@@ -457,7 +457,10 @@ class Daemon:
         next_due = time.monotonic()
         while True:
             next_due += period
-            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+            now = time.monotonic()
+            if next_due < now:  # a period or more late (a busy host): the rounds missed are skipped
+                next_due = now
+            await asyncio.sleep(next_due - now)
             for _ in firefly.ongoing_steps(self.table):
                 await asyncio.sleep(0)  # events and requests go in between the steps
 

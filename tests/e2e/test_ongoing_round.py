@@ -27,16 +27,18 @@ from support.netns import A, B, Pair
 pytestmark = pytest.mark.netns
 
 PORT = 7100
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python's socket module does not name it
 #: tcp_info members that count time since something happened, which grow between two reads.
 _CLOCKS = {"last_data_sent", "last_ack_sent", "last_data_recv", "last_ack_recv", "busy_time"}
 
 
 @pytest.fixture
 def sink(pair: Pair) -> Iterator[socket.socket]:
-    """A collector on ::1 in namespace a, where the rounds run."""
+    """A collector on ::1 in namespace a, where the rounds run, with room for every firefly of a
+    round (FORCE: beyond the host's rmem_max, as root)."""
     with pair.a.entered():
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 24)
     s.bind(("::1", 0))
     s.setblocking(False)
     with s:
@@ -50,6 +52,11 @@ def received(sink: socket.socket) -> list[bytes]:
             out.append(sink.recv(65536))
         except BlockingIOError:
             return out
+
+
+def states_of(messages: list[dict[str, Any]], sport: int) -> list[str]:
+    """The lifecycle states of the fireflies of the connection from ``sport``."""
+    return [m["flow-lifecycle"]["state"] for m in messages if m["flow-id"]["src-port"] == sport]
 
 
 def start(sport: int, *, reverse: bool = False, activity: int = 15) -> FlowEvent:
@@ -203,8 +210,11 @@ def test_a_flow_that_ends_and_comes_back_during_a_round_gets_its_fireflies_later
             fireflies.apply([table.apply(FlowEvent.of("end", "tcp", A, B, gone, PORT, 2, 15), "test")])
             table.apply(start(gone), "test")  # back, with the same label
             assert list(steps)[-1] == 1499
-            received(sink)
+            rest = [json.loads(m) for m in received(sink)]
             assert fireflies.ongoing(table) == 1500  # registered again
+            again = [json.loads(m) for m in received(sink)]
+        assert states_of(rest, gone) == ["end"]
+        assert len(again) == 1500 and states_of(again, gone) == ["ongoing"]
         fireflies.stop()
 
 

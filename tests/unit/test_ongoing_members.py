@@ -53,9 +53,31 @@ def test_a_tcp_info_shorter_than_the_program_reads_is_refused() -> None:
         round_for("lean", 200).members(bytes(120), "cubic")
 
 
-def test_a_program_past_the_tcp_info_is_refused() -> None:
+def test_a_tcp_info_size_beyond_the_rounds_room_is_refused() -> None:
     with pytest.raises(OSError, match="Invalid argument"):
         OngoingRound("lean", [], info_size=4096)
+
+
+@pytest.mark.parametrize(("kind", "arg", "offset"), [
+    ("u64", 0, 100 - 7),  # reads past the 100 bytes of tcp_info
+    ("u32", 0, 97),
+    ("table", 1, 0),  # one table only
+    ("bit", 8, 7),  # a byte has bits 0-7
+    (None, 0, 0),  # no such kind
+])
+def test_a_program_field_outside_the_tcp_info_or_the_tables_is_refused(kind: str | None, arg: int,
+                                                                     offset: int) -> None:
+    from flowlabel.bpf.ext import extension
+
+    ffi, lib = extension()
+    round_ = OngoingRound("lean", [], info_size=100)
+    fields = ffi.new("struct fl_field[]", 2)
+    fields[0].kind, fields[0].offset = lib.FL_U8, 99  # the last byte: fine
+    fields[1].kind = lib.FL_CONG + 1 if kind is None else getattr(lib, "FL_" + kind.upper())
+    fields[1].arg, fields[1].offset = arg, offset
+    tables = bytes(256 * lib.FL_TABLE_TEXT)
+    assert lib.fl_ongoing_program(round_._handle, b"\x04\x04", 2, fields, 1, tables, 1, 100) == 0
+    assert lib.fl_ongoing_program(round_._handle, b"\x04\x04", 2, fields, 2, tables, 1, 100) == -errno.EINVAL
 
 
 def test_text_that_does_not_fit_is_refused_and_nothing_written_past_the_buffer() -> None:
