@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import flowlabel
 from support.kernel import HAS_TCX, MEMLOCK_CHARGED
 from support.privilege import as_the_unit
+from support.tools import program
 
 
 def flowlabel_cmd(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -48,9 +48,7 @@ def test_check_loads_the_shipped_object() -> None:
 
 @pytest.mark.kernel
 def test_check_without_capabilities_says_which() -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed: cannot drop capabilities")
+    program("setpriv", "util-linux: to drop capabilities")
     drop = ("setpriv", "--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin", "--")
     result = flowlabel_cmd("check", prefix=drop)
     assert result.returncode == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from flowlabel.errors import VerifierError
 from flowlabel.marker import Program
+from support.tools import program
 
 pytestmark = pytest.mark.kernel
 
@@ -23,9 +23,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 @pytest.fixture(scope="module")
 def rejected_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    clang = shutil.which("clang")
-    if clang is None:
-        pytest.skip("clang is not installed: cannot compile a program for the verifier to reject")
+    clang = program("clang", "clang: to compile a program for the verifier to reject")
     out = tmp_path_factory.mktemp("verifier")
     (out / "rejected.bpf.c").write_text(REJECTED)
     subprocess.run([clang, "-target", "bpf", "-O2", "-g", "-c", str(out / "rejected.bpf.c"),

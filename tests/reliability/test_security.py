@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from reliability_support import loopback_daemon
 
 from support.privilege import unit_settings
+from support.tools import program
 
 CAPABILITIES = {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"}
 DAEMON_GID = 4242
@@ -65,9 +65,7 @@ def listening(pid: int) -> list[tuple[str, str]]:
 def test_the_pipe_and_the_listeners_are_private_by_default(
     namespace: Any, tmp_path: Path, daemons: list[Any], report: dict[str, Any]
 ) -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed: cannot run the daemon under a group of its own")
+    setpriv = program("setpriv", "util-linux: to run the daemon under a group of its own")
     tmp_path.chmod(0o755)
     daemon = loopback_daemon(namespace, tmp_path, firefly=True)
     # Under a group of its own, as `Group=` in the unit makes it.

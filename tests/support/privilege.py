@@ -4,12 +4,10 @@ capabilities and its locked-memory limit."""
 from __future__ import annotations
 
 import resource
-import shutil
 from pathlib import Path
 
-import pytest
-
 from support.kernel import MEMLOCK_CHARGED
+from support.tools import missing, program
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "flowlabel.service"
 
@@ -54,8 +52,8 @@ def _memlock_prefix(prlimit: str, wanted: str) -> tuple[str, ...]:
     raising = hard != resource.RLIM_INFINITY and (limit == resource.RLIM_INFINITY or limit > hard)
     if raising and not capability_mask(["CAP_SYS_RESOURCE"]) & _effective():
         if MEMLOCK_CHARGED:
-            pytest.skip(f"cannot raise RLIMIT_MEMLOCK to {wanted} without CAP_SYS_RESOURCE, "
-                        "and this kernel charges BPF memory to it")
+            missing(f"cannot raise RLIMIT_MEMLOCK to {wanted} without CAP_SYS_RESOURCE, "
+                    "and this kernel charges BPF memory to it")
         return ()  # this kernel does not charge BPF memory to the limit: it cannot matter
     text = "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
     return (prlimit, f"--memlock={text}:{text}", "--")
@@ -78,9 +76,7 @@ def with_capabilities(names: list[str], memlock: str) -> tuple[str, ...]:
     The limit is set while the caller still has CAP_SYS_RESOURCE; setpriv then
     keeps root's uid but bounds every capability set to ``names``.
     """
-    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
-    if setpriv is None or prlimit is None:
-        pytest.skip("setpriv and prlimit (util-linux) are needed to run with only some capabilities")
+    setpriv, prlimit = program("setpriv", "util-linux"), program("prlimit", "util-linux")
     caps = ",".join("+" + name.removeprefix("CAP_").lower() for name in names)
     return (*_memlock_prefix(prlimit, memlock), setpriv, f"--bounding-set=-all,{caps}", "--inh-caps=-all",
             "--")

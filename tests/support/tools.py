@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -17,8 +18,22 @@ def tool(name: str, package: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        why = f"{name} is not installed (pip install {package}; `nox -s tests` installs it)"
-        if os.environ.get("FLOWLABEL_REQUIRE_KERNEL") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(f"{name} is not installed (pip install {package}; `nox -s tests` installs it)")
+    return found
+
+
+def missing(why: str) -> NoReturn:
+    """The test cannot run here, for ``why``: it skips, saying so, or fails under
+    FLOWLABEL_REQUIRE_KERNEL=1 (CI and the kernel matrix), where nothing may skip."""
+    if os.environ.get("FLOWLABEL_REQUIRE_KERNEL") == "1":
+        pytest.fail(f"{why} (FLOWLABEL_REQUIRE_KERNEL=1 forbids skipping)")
+    pytest.skip(why)
+
+
+def program(name: str, package: str) -> str:
+    """The path of the system program ``name`` (from the Debian package ``package``), or
+    :func:`missing`."""
+    found = shutil.which(name)
+    if found is None:
+        missing(f"{name} ({package}) is not installed")
     return found
