@@ -73,10 +73,9 @@ def test_a_tcp_flow_ends_with_its_socket(pair: Pair, tmp_path: Path, daemons: li
             time.sleep(0.1)
     finally:
         conn.close()
-    closed = time.monotonic()
-    # No end event: the socket closing is enough.
+    # No end event: the socket closing is enough. (Within the 5 s waited here, nothing else ends
+    # the flow: a socket never seen waits 60 s, an idle flow 300 s; the reason says which.)
     assert wait_until(lambda: daemon.flows() == [], timeout=5)
-    assert time.monotonic() - closed < 2.0
     assert ended(daemon, "socket_closed") == 1
     assert daemon.stop() == 0
 
