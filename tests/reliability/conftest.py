@@ -21,12 +21,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.reliability)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_PASSED] = report.passed
+    return report
+
+
+_PASSED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """A dict whose contents end up in the reliability table (and JSON, if asked for)."""
+    """A dict whose contents end up in the reliability table (and JSON, if asked for): the
+    figures of tests that passed only, whose assertions hold them."""
     figures: dict[str, Any] = {}
     yield figures
-    if figures:
+    if figures and request.node.stash.get(_PASSED, False):
         _FIGURES[request.node.name] = figures
 
 
