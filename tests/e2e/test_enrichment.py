@@ -71,13 +71,14 @@ def test_ongoing_fireflies_carry_the_connections_statistics(mode: str, pair: Pai
     messages = [(at, json.loads(parse_firefly_json(raw))) for at, raw in arrived]
     ongoing = [(at, m) for at, m in messages if m["flow-lifecycle"]["state"] == "ongoing"]
     assert len(ongoing) >= 3, [m["flow-lifecycle"]["state"] for _, m in messages]
-    # The period as the daemon kept it: the times its rounds wrote (a late round is never
-    # followed by one that catches up).
+    # The period as the daemon kept it: the times its rounds wrote. Rounds keep to their times;
+    # one that is late does not bring more (rounds a period or more late are skipped).
     written = [datetime.fromisoformat(m["flow-lifecycle"]["current-time"].replace("Z", "+00:00"))
                for _, m in ongoing]
     gaps = [(b - a).total_seconds() for a, b in zip(written, written[1:])]
-    assert min(gaps) > PERIOD_MS / 1000 / 2, gaps
     assert abs(statistics.median(gaps) - PERIOD_MS / 1000) < 0.1, gaps
+    span = (written[-1] - written[0]).total_seconds()
+    assert len(ongoing) <= span / (PERIOD_MS / 1000) + 2, gaps
     for _, message in ongoing:
         validator.validate(message)
         assert message["flow-id"]["src-port"] == sport and message["context"]["experiment-id"] == 3
