@@ -368,8 +368,8 @@ def as_id(value: object, check: Callable[[object], int], part: str) -> int | Non
     """
     if isinstance(value, str):
         text = value.strip()
-        if not _is_decimal(text):
-            return None
+        if not _is_decimal(text.removeprefix("-")):
+            return None  # a name; a negative number is a number, and out of range
         # Digit strings this long are far out of range, and int() of huge ones is slow.
         value = int(text) if len(text) <= 20 else text
     try:

@@ -413,3 +413,12 @@ def test_unwritable_cache_does_not_fail_the_load(
     reg = Registry.from_url(site.url("/api.json"), timeout=5, cache_path=blocker / "registry.json")
     assert len(reg) == 14
     assert "cannot write the registry cache" in caplog.text
+
+
+@pytest.mark.parametrize(("experiment", "activity", "part"),
+                         [("-1", "0", "experiment"), ("2", " -3 ", "activity")])
+def test_a_negative_id_is_out_of_range_not_an_unknown_name(registry: Registry, experiment: str, activity: str,
+                                                           part: str) -> None:
+    with pytest.raises(RegistryError, match=f"{part} ID must be an integer") as caught:
+        registry.resolve(experiment, activity)
+    assert caught.value.part == part
