@@ -139,6 +139,8 @@ def test_discovery_alone_names_no_interface() -> None:
          'rules[0].localPort: must be a port 0-65535 or a range such as "5201-5210", got "5201-5100"'),
         ({"rules": [{"remotePrefix": "10.0.0.0/8"}]},
          'rules[0].remotePrefix: "10.0.0.0/8" is an IPv4 network; rules match IPv6 packets only'),
+        ({"rules": [{"localPrefix": "fe80::%eth0/64"}]},
+         'rules[0].localPrefix: "fe80::%eth0/64" has a zone (%...); a packet\'s addresses carry none'),
         ({"rules": [{"experiment": 2.5}]},
          "rules[0].experiment: expected an integer or a string, got 2.5"),
         ({"rules": [{"protocol": "icmp"}]}, 'rules[0].protocol: must be one of "tcp", "udp", "any"'),

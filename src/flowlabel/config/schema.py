@@ -133,6 +133,9 @@ def _ipv6_network(value: str) -> str | None:
     if problem is None and ipaddress.ip_network(value, strict=False).version != 6:
         return (f"{json.dumps(value)} is an IPv4 network; rules match IPv6 packets only "
                 "(the flow label is IPv6's)")
+    if problem is None and "%" in value:
+        return (f"{json.dumps(value)} has a zone (%...); a packet's addresses carry none, so write "
+                "the prefix without it")
     return problem
 
 
