@@ -62,9 +62,9 @@ class UdpSender:
         self.sent += 1
         return True
 
-    def fail(self, message: str, *args: object) -> None:
-        """Count and log a datagram that could not even be written."""
-        self.errors += 1
+    def fail(self, message: str, *args: object, count: int = 1) -> None:
+        """Count ``count`` datagrams that were not sent (or not even written), and log it once."""
+        self.errors += count
         self._error_log.warning(message, *args)
 
     def close(self) -> None:

@@ -136,16 +136,14 @@ class FireflyBackend:
             self._sender.sent += done.sent
             if done.too_long:
                 self._sender.fail("%d ongoing fireflies not written: longer than a datagram holds "
-                                  "(65,507 bytes)", done.too_long)
-                self._sender.errors += done.too_long - 1  # fail() counted one
+                                  "(65,507 bytes)", done.too_long, count=done.too_long)
             if done.errors:
                 if isinstance(done.last_receiver, int):
                     address, port = self.collectors[done.last_receiver][1]
                 else:
                     address, port = done.last_receiver
                 self._sender.fail("%d ongoing fireflies not sent, the last to %s port %d: %s", done.errors,
-                                  address, port, os.strerror(done.last_errno))
-                self._sender.errors += done.errors - 1
+                                  address, port, os.strerror(done.last_errno), count=done.errors)
             yield written
             if not left:
                 return
