@@ -172,6 +172,28 @@ struct {
 /* Set by the loader in .rodata: the verifier then prunes what is off. */
 const volatile struct marker_config cfg = {};
 
+/* Where the IPv6 header starts when no VLAN tag comes before it. */
+#define IP6_OFF (cfg.l3 ? 0 : sizeof(struct eth_hdr))
+
+/*
+ * The direct writer (label_writer, at the end), reached by a tail call. A
+ * program that stores through the packet pointer gets a prologue from the
+ * verifier that unclones every cloned skb it is given, and drops it if that
+ * fails. In a program of its own the prologue runs only for the packets
+ * handed to it: unicast UDP, which is not cloned on its way out, and for
+ * which the store then costs no helper call (write_word).
+ */
+int label_writer(struct __sk_buff *skb);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, int(struct __sk_buff *));
+} writers SEC(".maps") = {
+	.values = {[0] = (void *)&label_writer},
+};
+
 #define debug(fmt, args...)                                                    \
 	do {                                                                   \
 		if (cfg.debug)                                                 \
@@ -585,6 +607,27 @@ static __always_inline int flow_or_rule_label(union flow_key_words *kw, __u32 ha
 	return *label != NO_LABEL;
 }
 
+/*
+ * Writes the IPv6 header's first word. A packet that already carries the
+ * label (its sender set it) is not written at all: the write, not the
+ * lookup, is most of a marked packet's cost. Unicast UDP with no VLAN tag
+ * goes to the direct writer; everything else, and UDP too if the writer is
+ * not in its array, is written by bpf_skb_store_bytes, which makes writable
+ * only the packets it writes and never drops one. TCP segments are all
+ * clones (TCP keeps the original for retransmission), and so are multicast
+ * datagrams looped back to the host: unshared by the writer's prologue,
+ * each would cost a helper call anyway, and one that cannot be unshared for
+ * lack of memory would be dropped.
+ */
+static __always_inline void write_word(struct __sk_buff *skb, const struct parsed *p, __be32 word)
+{
+	if (p->ip6_off == IP6_OFF && p->kw.key.proto == IPPROTO_UDP && p->kw.key.daddr[0] != 0xff) {
+		skb->cb[0] = word;
+		bpf_tail_call(skb, &writers, 0);
+	}
+	bpf_skb_store_bytes(skb, p->ip6_off, &word, sizeof(word), 0);
+}
+
 /* The packet is IPv6, or may be behind VLAN tags. */
 static __always_inline void handle(struct __sk_buff *skb)
 {
@@ -622,19 +665,15 @@ static __always_inline void handle(struct __sk_buff *skb)
 		return;
 	}
 
-	/*
-	 * Version and traffic class (ECN included) stay as they are. The word is
-	 * written with bpf_skb_store_bytes, not through the packet pointer: a
-	 * direct write makes the verifier unshare every cloned skb (all TCP
-	 * segments are clones) before the program runs, marked or not, and drop
-	 * it if that fails; the helper unshares only the packets it writes. A
-	 * packet that already carries the label (its sender set it) is left alone:
-	 * the write, not the lookup, is most of a marked packet's cost.
-	 */
+	count(FLOWLABEL_CNT_MARKED);
+	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(p.kw.key.sport),
+	      bpf_ntohs(p.kw.key.dport), label);
+
+	/* Version and traffic class (ECN included) stay as they are. */
 	new_word = (p.word & bpf_htonl(~FLOWLABEL_LABEL_MASK)) | bpf_htonl(label & FLOWLABEL_LABEL_MASK);
 #if FLOWLABEL_BENCH_WRITE == 0
 	if (new_word != p.word)
-		bpf_skb_store_bytes(skb, p.ip6_off, &new_word, sizeof(new_word), 0);
+		write_word(skb, &p, new_word);
 #elif FLOWLABEL_BENCH_WRITE == 2
 	if (p.ip6_off == sizeof(struct eth_hdr) &&
 	    (void *)(long)skb->data + sizeof(struct eth_hdr) + 4 <= (void *)(long)skb->data_end)
@@ -645,9 +684,6 @@ static __always_inline void handle(struct __sk_buff *skb)
 #else
 	(void)new_word;
 #endif
-	count(FLOWLABEL_CNT_MARKED);
-	debug("mark sport %u dport %u label 0x%05x", bpf_ntohs(p.kw.key.sport),
-	      bpf_ntohs(p.kw.key.dport), label);
 }
 
 SEC("tc")
@@ -662,6 +698,23 @@ int marker_egress(struct __sk_buff *skb)
 		count(FLOWLABEL_CNT_NON_IPV6);
 		debug("not ipv6, protocol 0x%04x", bpf_ntohs(proto));
 	}
+	return TC_ACT_OK;
+}
+
+/*
+ * The direct writer: cb[0] is the new first word of the IPv6 header at
+ * IP6_OFF, stored through the packet pointer where it is in the linear data.
+ */
+SEC("tc")
+int label_writer(struct __sk_buff *skb)
+{
+	__be32 *word = (void *)(long)skb->data + IP6_OFF;
+	__be32 new_word = skb->cb[0];
+
+	if ((void *)(word + 1) <= (void *)(long)skb->data_end)
+		*word = new_word;
+	else
+		bpf_skb_store_bytes(skb, IP6_OFF, &new_word, sizeof(new_word), 0);
 	return TC_ACT_OK;
 }
 

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from ..rules import CompiledRules
 
 PROGRAM_NAME = "marker_egress"
+#: The classifier's direct writer, which it tail-calls (bpf/marker.bpf.c); it runs at the same hook.
+WRITER_NAME = "label_writer"
 CONFIG_VAR = "cfg"
 #: Lines of the verifier log kept in a VerifierError's message.
 VERIFIER_TAIL_LINES = 20
@@ -181,7 +183,9 @@ class Program(KernelObject):
         if self._prog == ffi.NULL:
             raise ObjectError(f"{self.path} has no program named {self.program_name!r}")
         if tcx:
-            lib.bpf_program__set_expected_attach_type(self._prog, lib.BPF_TCX_EGRESS)
+            for prog in (self._prog, lib.bpf_object__find_program_by_name(self._obj, WRITER_NAME.encode())):
+                if prog != ffi.NULL:
+                    lib.bpf_program__set_expected_attach_type(prog, lib.BPF_TCX_EGRESS)
         flows, filter_map, clock = self._map("flows"), self._map("filter"), self._map("clock")
         if flows != ffi.NULL:
             if not 1 <= max_flows <= 1 << 24:
@@ -233,6 +237,8 @@ class Program(KernelObject):
         self.prog_fd = int(lib.bpf_program__fd(self._prog))
         counters = self._map("counters")
         self.counters_fd = int(lib.bpf_map__fd(counters)) if counters != ffi.NULL else -1
+        writers = self._map("writers")  # the direct writer's program array, which libbpf fills at load
+        self.writers_fd = int(lib.bpf_map__fd(writers)) if writers != ffi.NULL else -1
         self._ncpus = int(lib.libbpf_num_possible_cpus())
         flows = self._map("flows")
         if shared is not None:
