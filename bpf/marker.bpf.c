@@ -176,23 +176,16 @@ const volatile struct marker_config cfg = {};
 #define IP6_OFF (cfg.l3 ? 0 : sizeof(struct eth_hdr))
 
 /*
- * The direct writer (label_writer, at the end), reached by a tail call. A
- * program that stores through the packet pointer gets a prologue from the
- * verifier that unclones every cloned skb it is given, and drops it if that
- * fails. In a program of its own the prologue runs only for the packets
- * handed to it: unicast UDP, which is not cloned on its way out, and for
- * which the store then costs no helper call (write_word).
+ * The direct writer (bpf/writer.bpf.c), reached by a tail call: the loader
+ * puts it in slot 0 where the kernel lets it see whether a packet is shared.
+ * Empty, the tail call falls through to bpf_skb_store_bytes (write_word).
  */
-int label_writer(struct __sk_buff *skb);
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__array(values, int(struct __sk_buff *));
-} writers SEC(".maps") = {
-	.values = {[0] = (void *)&label_writer},
-};
+	__type(value, __u32);
+} writers SEC(".maps");
 
 #define debug(fmt, args...)                                                    \
 	do {                                                                   \
@@ -610,14 +603,13 @@ static __always_inline int flow_or_rule_label(union flow_key_words *kw, __u32 ha
 /*
  * Writes the IPv6 header's first word. A packet that already carries the
  * label (its sender set it) is not written at all: the write, not the
- * lookup, is most of a marked packet's cost. Unicast UDP with no VLAN tag
- * goes to the direct writer; everything else, and UDP too if the writer is
- * not in its array, is written by bpf_skb_store_bytes, which makes writable
- * only the packets it writes and never drops one. TCP segments are all
- * clones (TCP keeps the original for retransmission), and so are multicast
- * datagrams looped back to the host: unshared by the writer's prologue,
- * each would cost a helper call anyway, and one that cannot be unshared for
- * lack of memory would be dropped.
+ * lookup, is most of a marked packet's cost. bpf_skb_store_bytes makes
+ * writable only the packets it writes and never drops one, but it is a
+ * helper call. Unicast UDP with no VLAN tag goes to the direct writer,
+ * which stores through the packet pointer when the packet is not shared
+ * (cb[0] carries the word across the tail call). TCP segments are always
+ * shared (TCP keeps the original for retransmission), as are multicast
+ * datagrams looped back to the host: they stay with the helper.
  */
 static __always_inline void write_word(struct __sk_buff *skb, const struct parsed *p, __be32 word)
 {
@@ -698,23 +690,6 @@ int marker_egress(struct __sk_buff *skb)
 		count(FLOWLABEL_CNT_NON_IPV6);
 		debug("not ipv6, protocol 0x%04x", bpf_ntohs(proto));
 	}
-	return TC_ACT_OK;
-}
-
-/*
- * The direct writer: cb[0] is the new first word of the IPv6 header at
- * IP6_OFF, stored through the packet pointer where it is in the linear data.
- */
-SEC("tc")
-int label_writer(struct __sk_buff *skb)
-{
-	__be32 *word = (void *)(long)skb->data + IP6_OFF;
-	__be32 new_word = skb->cb[0];
-
-	if ((void *)(word + 1) <= (void *)(long)skb->data_end)
-		*word = new_word;
-	else
-		bpf_skb_store_bytes(skb, IP6_OFF, &new_word, sizeof(new_word), 0);
 	return TC_ACT_OK;
 }
 

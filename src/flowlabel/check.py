@@ -151,6 +151,7 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         with Program(object_path) as prog:
             elapsed = (time.perf_counter() - started) * 1000
             info = prog.info()
+            writer = prog.writer is not None
     except VerifierError as exc:
         raise CheckFailed(
             f"the kernel's verifier rejected {path}: {exc.reason or 'see the verifier log'}; "
@@ -164,6 +165,8 @@ def run_check(out: TextIO = sys.stdout, object_path: str | None = None) -> None:
         f"{elapsed:.1f} ms; unloaded")
     row("flow cache", f"on: {platform.machine()} keeps loads in order" if prog.cache else
         f"off: {platform.machine()} may reorder loads, so every packet looks its flow up")
+    row("writer", "on: unicast UDP that is not shared is written without a helper call" if writer
+        else f"off: {prog.writer_missing}; every packet is written with a helper call")
 
 
 def main(object_path: str | None = None, out: TextIO = sys.stdout,

@@ -18,7 +18,7 @@ from bench_classifier import compile_bpf
 
 from flowlabel import tcpinfo
 from flowlabel.bpf.ext import KernelObject, errno_error, extension
-from flowlabel.bpf.program import load_object, open_object
+from flowlabel.bpf.objfile import load_object, open_object
 from flowlabel.errors import MarkerError
 
 PROGRAM_NAME = "tcp_stats"

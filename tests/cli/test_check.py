@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import flowlabel
-from support.kernel import HAS_TCX, MEMLOCK_CHARGED
+from support.kernel import HAS_DIRECT_WRITER, HAS_TCX, MEMLOCK_CHARGED
 from support.privilege import as_the_unit
 from support.tools import program
 
@@ -38,7 +38,7 @@ def test_check_loads_the_shipped_object() -> None:
     result = flowlabel_cmd("check")
     assert result.returncode == 0, result.stderr
     for row in ("kernel", "capabilities", "libbpf", "memlock", "mmap arrays", "batch ops", "attach",
-                "sockets", "object", "load", "flow cache"):
+                "sockets", "object", "load", "flow cache", "writer"):
         assert re.search(rf"^{row}\s+\S", result.stdout, re.M), (row, result.stdout)
     expected = "on" if platform.machine() == "x86_64" else "off"
     assert re.search(rf"^flow cache\s+{expected}: {platform.machine()}", result.stdout, re.M), result.stdout
@@ -94,6 +94,9 @@ def test_the_probed_features_agree_with_the_kernel_release() -> None:
     assert rows["attach"] == "TCX links" if HAS_TCX else rows["attach"].startswith("tc: ")
     assert rows["memlock"].startswith("charged to RLIMIT_MEMLOCK" if MEMLOCK_CHARGED else "not charged")
     assert rows["mmap arrays"] == rows["batch ops"] == "yes"
+    no_kfunc = ("off: this kernel has no bpf_cast_to_kern_ctx (Linux 6.2); "
+                "every packet is written with a helper call")
+    assert rows["writer"].startswith("on: ") if HAS_DIRECT_WRITER else rows["writer"] == no_kfunc
 
 
 @pytest.mark.kernel
@@ -105,6 +108,9 @@ def test_check_loads_without_kernel_btf() -> None:
     result = flowlabel_cmd("check", prefix=hide)
     assert result.returncode == 0, result.stderr
     assert re.search(r"^load\s+ok: program id \d+", result.stdout, re.M), result.stdout
+    # The direct writer needs the BTF; without it the classifier writes with a helper call.
+    assert re.search(r"^writer\s+off: the kernel publishes no BTF \(/sys/kernel/btf/vmlinux\)", result.stdout,
+                     re.M), result.stdout
 
 
 @pytest.mark.kernel
@@ -114,6 +120,9 @@ def test_under_the_units_privileges_a_low_memlock_limit_is_named() -> None:
     low = flowlabel_cmd("check", prefix=as_the_unit(memlock="65536"))
     as_shipped = flowlabel_cmd("check", prefix=as_the_unit())
     assert as_shipped.returncode == 0, as_shipped.stderr
+    # The direct writer reads a kernel structure, which takes CAP_PERFMON: the unit has it.
+    assert re.search(r"^writer\s+on: " if HAS_DIRECT_WRITER else r"^writer\s+off: this kernel has no",
+                     as_shipped.stdout, re.M), as_shipped.stdout
     if MEMLOCK_CHARGED:
         assert low.returncode == 1
         (line,) = low.stderr.strip().splitlines()

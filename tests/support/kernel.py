@@ -17,6 +17,8 @@ def release() -> tuple[int, int]:
 
 #: Linux 6.6 brought TCX links; before it the classifier sits in a clsact qdisc.
 HAS_TCX = release() >= (6, 6)
+#: Linux 6.2 brought bpf_cast_to_kern_ctx, which the direct writer needs (with the kernel's BTF).
+HAS_DIRECT_WRITER = release() >= (6, 2)
 #: Before Linux 5.11 BPF memory is charged to RLIMIT_MEMLOCK instead of the memory cgroup.
 MEMLOCK_CHARGED = release() < (5, 11)
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_GLIBC = (2, 28)
 #: ELF e_machine of each wheel architecture (elf.h).
 EM = {"x86_64": 62, "aarch64": 183}
-BPF_OBJECTS = ("flowlabel/marker.bpf.o", "flowlabel/sockets.bpf.o")
+BPF_OBJECTS = ("flowlabel/marker.bpf.o", "flowlabel/writer.bpf.o", "flowlabel/sockets.bpf.o")
 EM_BPF = 247
 
 

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from ..errors import MissingPrivilegeError, ObjectError, VerifierError
+from ..errors import MarkerError, ObjectError
 from .ext import KernelObject, bundled_object, counter_names, errno_error, extension
-from .features import memlock_advice, memlock_charged, raise_memlock_limit
 from .flowmap import FlowMap, PresenceFilter
+from .objfile import load_object, open_object
 from .rulemaps import RULE_MAPS, RuleMaps, entropy_bits, size_rule_maps
+from .writer import DirectWriter, writer_object
 
 if TYPE_CHECKING:
     from ..rules import CompiledRules
 
 PROGRAM_NAME = "marker_egress"
-#: The classifier's direct writer, which it tail-calls (bpf/marker.bpf.c); it runs at the same hook.
-WRITER_NAME = "label_writer"
 CONFIG_VAR = "cfg"
-#: Lines of the verifier log kept in a VerifierError's message.
-VERIFIER_TAIL_LINES = 20
 #: Machines whose CPUs keep loads in order (x86-TSO). The classifier's per-CPU cache is
 #: right only there: elsewhere a CPU may read a flow's old label after the generation
 #: that says it is current (bpf/marker.bpf.c, cache_of), so every packet takes the lookup.
@@ -49,65 +45,11 @@ class ProgramInfo(NamedTuple):
     verified_insns: int  # 0 where the kernel does not say (before 5.16)
 
 
-def _log_tail(text: str, lines: int = VERIFIER_TAIL_LINES) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _verifier_reason(log: str) -> str:
-    """The verifier's own verdict: the line just before its ``processed N insns`` summary."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.startswith("processed ") and " insns" in line and i > 0:
-            return lines[i - 1]
-    return next((line for line in reversed(lines) if not line.startswith("libbpf:")), "")
-
-
 def default_filter_bits(max_flows: int, lib: Any) -> int:
     """Presence-filter size for a flow map of ``max_flows``: a power of two (marker.h)."""
     wanted = max_flows * lib.FLOWLABEL_FILTER_BITS_PER_FLOW
     bits = 1 << max(wanted - 1, 1).bit_length()
     return int(min(max(bits, lib.FLOWLABEL_FILTER_MIN_BITS), lib.FLOWLABEL_FILTER_MAX_BITS))
-
-
-def open_object(path: Path) -> Any:
-    """libbpf's ``struct bpf_object *`` for the BPF object file at ``path``, opened, not loaded."""
-    ffi, lib = extension()
-    if not path.is_file():
-        raise ObjectError(f"BPF object {path} does not exist")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise ObjectError(f"cannot read BPF object {path}: {exc.strerror}") from exc
-    if magic != b"\x7fELF":
-        raise ObjectError(f"{path} is not a BPF object (not an ELF file)")
-    lib.fl_log_clear()
-    obj = lib.bpf_object__open_file(os.fsencode(path), ffi.NULL)
-    if obj == ffi.NULL:
-        detail = _log_tail(ffi.string(lib.fl_log_text()).decode(errors="replace"), 3)
-        raise ObjectError(f"{path} is not a usable BPF object: {detail or os.strerror(ffi.errno)}")
-    return obj
-
-
-def load_object(obj: Any, path: Path) -> None:
-    """Load an opened object into the kernel; the error says why it was refused."""
-    ffi, lib = extension()
-    raise_memlock_limit()
-    lib.fl_log_clear()
-    err = lib.bpf_object__load(obj)
-    if not err:
-        return
-    text = ffi.string(lib.fl_log_text()).decode(errors="replace")
-    if abs(err) == errno.EPERM and memlock_charged():
-        raise MissingPrivilegeError(f"loading {path.name}: operation not permitted; {memlock_advice()}")
-    if abs(err) == errno.EPERM or (abs(err) == errno.EACCES and "processed" not in text):
-        raise errno_error(f"loading {path.name}", err)
-    raise VerifierError(
-        f"the kernel's verifier rejected {path.name} ({os.strerror(abs(err))}); "
-        "the end of its log:\n" + _log_tail(text),
-        text,
-        _verifier_reason(text),
-    )
 
 
 class Program(KernelObject):
@@ -127,7 +69,11 @@ class Program(KernelObject):
     not in the map; a copy that shares the flows shares them too. After load,
     :attr:`flows` is the :class:`FlowMap` (shared with ``share_flows_with``),
     or None for an object without one, and :attr:`rules` the
-    :class:`RuleMaps`, or None without rules.
+    :class:`RuleMaps`, or None without rules. ``writer`` loads the direct
+    writer (:mod:`flowlabel.bpf.writer`) into the classifier's program array;
+    :attr:`writer` is it, or None with the reason in :attr:`writer_missing`
+    where the kernel cannot run it (the classifier then writes every packet
+    with a helper call).
     """
 
     def __init__(
@@ -143,11 +89,14 @@ class Program(KernelObject):
         filter_bits: int | None = None,
         rules: CompiledRules | None = None,
         cache: bool | None = None,
+        writer: bool = True,
     ) -> None:
         self._ffi, self._lib = extension()
         self._obj: Any = self._ffi.NULL
         self.flows: FlowMap | None = None
         self.rules: RuleMaps | None = None
+        self.writer: DirectWriter | None = None
+        self.writer_missing = "not asked for" if not writer else ""
         if share_flows_with is not None:
             rules = share_flows_with.rules.rules if share_flows_with.rules is not None else None
         self.path = Path(path) if path is not None else bundled_object()
@@ -166,6 +115,8 @@ class Program(KernelObject):
             if share_flows_with is not None:
                 self._share_maps(share_flows_with)
             self._load(shared, rules, share_flows_with.rules if share_flows_with is not None else None)
+            if writer:
+                self._load_writer(tcx)
         except BaseException:
             self.close()
             raise
@@ -183,9 +134,7 @@ class Program(KernelObject):
         if self._prog == ffi.NULL:
             raise ObjectError(f"{self.path} has no program named {self.program_name!r}")
         if tcx:
-            for prog in (self._prog, lib.bpf_object__find_program_by_name(self._obj, WRITER_NAME.encode())):
-                if prog != ffi.NULL:
-                    lib.bpf_program__set_expected_attach_type(prog, lib.BPF_TCX_EGRESS)
+            lib.bpf_program__set_expected_attach_type(self._prog, lib.BPF_TCX_EGRESS)
         flows, filter_map, clock = self._map("flows"), self._map("filter"), self._map("clock")
         if flows != ffi.NULL:
             if not 1 <= max_flows <= 1 << 24:
@@ -237,7 +186,7 @@ class Program(KernelObject):
         self.prog_fd = int(lib.bpf_program__fd(self._prog))
         counters = self._map("counters")
         self.counters_fd = int(lib.bpf_map__fd(counters)) if counters != ffi.NULL else -1
-        writers = self._map("writers")  # the direct writer's program array, which libbpf fills at load
+        writers = self._map("writers")  # the direct writer's program array
         self.writers_fd = int(lib.bpf_map__fd(writers)) if writers != ffi.NULL else -1
         self._ncpus = int(lib.libbpf_num_possible_cpus())
         flows = self._map("flows")
@@ -259,6 +208,19 @@ class Program(KernelObject):
             if self.flows is not None and self.flows.presence is not None:
                 # A rule's decision for a key may be cached: a new flow must move the generation.
                 self.flows.presence.bump_on_insert = True
+
+    def _load_writer(self, tcx: bool) -> None:
+        if self.writers_fd < 0:
+            self.writer_missing = f"{self.path.name} has no writers array"
+            return
+        try:
+            self.writer = DirectWriter(writer_object(self.path), l3=self.l3, tcx=tcx)
+            self.writer.install(self.writers_fd)
+        except MarkerError as exc:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+            self.writer_missing = str(exc).splitlines()[0]
 
     # -- facts ----------------------------------------------------------------
 
@@ -336,3 +298,6 @@ class Program(KernelObject):
         if self._obj != self._ffi.NULL:
             self._lib.bpf_object__close(self._obj)
             self._obj = self._ffi.NULL
+        if self.writer is not None:  # after the classifier: its array may still hand packets over
+            self.writer.close()
+            self.writer = None

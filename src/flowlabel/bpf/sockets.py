@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from ..errors import MarkerError
 from .ext import KernelObject, bundled_object, errno_error, extension
-from .program import load_object, open_object
+from .objfile import load_object, open_object
 
 PROGRAM_NAME = "watch_sockets"
 #: Events copied out of the ring per call.
