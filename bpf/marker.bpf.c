@@ -616,6 +616,7 @@ static __always_inline void write_word(struct __sk_buff *skb, const struct parse
 	if (p->ip6_off == IP6_OFF && p->kw.key.proto == IPPROTO_UDP && p->kw.key.daddr[0] != 0xff) {
 		skb->cb[0] = word;
 		bpf_tail_call(skb, &writers, 0);
+		skb->cb[0] = 0; /* the slot was empty: cb[0] does not keep the word */
 	}
 	bpf_skb_store_bytes(skb, p->ip6_off, &word, sizeof(word), 0);
 }

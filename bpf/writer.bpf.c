@@ -49,10 +49,17 @@ struct {
 	.values = {[0] = (void *)&label_store},
 };
 
-static __always_inline void store_bytes(struct __sk_buff *skb)
+/* The word handed over, taken out of cb[0]: nothing after the writer reads it. */
+static __always_inline __be32 take_word(struct __sk_buff *skb)
 {
 	__be32 word = skb->cb[0];
 
+	skb->cb[0] = 0;
+	return word;
+}
+
+static __always_inline void store_bytes(struct __sk_buff *skb, __be32 word)
+{
 	bpf_skb_store_bytes(skb, IP6_OFF, &word, sizeof(word), 0);
 }
 
@@ -63,7 +70,7 @@ int label_writer(struct __sk_buff *skb)
 
 	if (!BPF_CORE_READ_BITFIELD(kskb, cloned))
 		bpf_tail_call(skb, &stores, 0);
-	store_bytes(skb);
+	store_bytes(skb, take_word(skb));
 	return TC_ACT_OK;
 }
 
@@ -72,11 +79,12 @@ SEC("tc")
 int label_store(struct __sk_buff *skb)
 {
 	__be32 *word = (void *)(long)skb->data + IP6_OFF;
+	__be32 new_word = take_word(skb);
 
 	if ((void *)(word + 1) <= (void *)(long)skb->data_end)
-		*word = skb->cb[0];
+		*word = new_word;
 	else
-		store_bytes(skb); /* the header is not in the linear data */
+		store_bytes(skb, new_word); /* the header is not in the linear data */
 	return TC_ACT_OK;
 }
 

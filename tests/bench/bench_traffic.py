@@ -28,11 +28,15 @@ median over the rounds and its range. A second figure is the CPU time of the
 whole process per GB moved, marker / empty: what the classifier adds to the
 path as a whole.
 
-A second table takes a marked packet's cost apart: the marker compiled from
-the checkout with -DFLOWLABEL_BENCH_WRITE=1 (no write), 2 (a direct store,
-which makes the verifier unclone every packet first) and 3 (a load through a
-helper in place of the write), on the one-flow TCP, the UDP and the unmarked
-TCP rows (``--no-variants`` skips it; it needs clang). Needs root.
+The marker runs with its direct writer (bpf/writer.bpf.c) where the kernel
+can run it, as the daemon does; the first line says whether it did. A second
+table takes a marked packet's cost apart: the marker without its direct
+writer (every label written with bpf_skb_store_bytes), and the marker
+compiled from the checkout with -DFLOWLABEL_BENCH_WRITE=1 (no write), 2 (a
+direct store in the classifier, which makes the verifier unclone every packet
+first) and 3 (a load through a helper in place of the write), on the one-flow
+TCP, the UDP and the unmarked TCP rows (``--no-variants`` skips it; it needs
+clang). Needs root.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ TARGETS = {"tcp_1_marked": 1.6, "tcp_4_marked": 2.0, "udp_marked": 1.6, "tcp_unm
 ROWS = tuple(TARGETS)
 #: -DFLOWLABEL_BENCH_WRITE values (bpf/marker.bpf.c) and the rows they run on.
 VARIANTS = {1: "no write", 2: "direct store", 3: "a helper load instead"}
+#: The marker with its direct writer left out: every label written with bpf_skb_store_bytes.
+NO_WRITER = "helper only, no writer"
 VARIANT_ROWS = ("tcp_1_marked", "udp_marked", "tcp_unmarked")
 A4, B4 = "10.99.0.1", "10.99.0.2"
 LABEL = 0x5C175
@@ -280,15 +286,19 @@ def main(argv: list[str] | None = None) -> int:
         ifname, peer = veth_pair(a, b, A, B)
         a.ip("addr", "add", f"{A4}/24", "dev", ifname)
         b.ip("addr", "add", f"{B4}/24", "dev", peer)
-        objects: dict[str, Path] = {"marker": args.object or bundled_object()}
+        marker_path = args.object or bundled_object()
+        objects: dict[str, tuple[Path, bool]] = {"marker": (marker_path, True)}  # path, direct writer
         if not args.no_variants:
+            objects[NO_WRITER] = (marker_path, False)
             for n, name in VARIANTS.items():
                 workdir = Path(tmp) / f"write{n}"
                 workdir.mkdir()
-                objects[name] = compile_bpf("marker", workdir, f"FLOWLABEL_BENCH_WRITE={n}")
+                objects[name] = (compile_bpf("marker", workdir, f"FLOWLABEL_BENCH_WRITE={n}"), True)
         with Program(baseline_object(bundled_object(), Path(tmp)), program="baseline_egress") as empty:
-            for name, path in objects.items():
-                with Program(path) as marker:
+            for name, (path, writer) in objects.items():
+                with Program(path, writer=writer) as marker:
+                    if name == "marker":
+                        writer_state = "on" if marker.writer is not None else f"off ({marker.writer_missing})"
                     fill(marker, args.flows, random.Random(5))
                     rows = args.rows if name == "marker" else [r for r in args.rows if r in VARIANT_ROWS]
                     found = {row: measure_row(row, a, b, ifname, marker, empty, args.rounds, args.seconds)
@@ -300,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"real traffic over veth, {args.flows:,} other flows in the map, {args.rounds} rounds of "
           f"{args.seconds} s per program, CPU {cpu}, kernel {platform.release()}")
+    print(f"direct writer {writer_state}")
     print(f"{'row':<14} {'empty ns':>9} {'marker ns':>10} {'ratio':>7} {'range':>12} {'B/skb':>7} "
           f"{'CPU/GB':>7} {'target':>8}")
     for row, r in results.items():
@@ -310,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{'PASS' if r['met'] else 'MISS'}")
     print("ns: per skb from the kernel's BPF statistics; CPU/GB: process CPU per GB moved, marker / empty")
     if variants:
-        print("\nthe write taken apart (marker.bpf.c built with FLOWLABEL_BENCH_WRITE), ns per packet")
+        print("\nthe write taken apart (the marker without its direct writer; marker.bpf.c built with "
+              "FLOWLABEL_BENCH_WRITE), ns per packet")
         print(f"{'build':<24}" + "".join(f"{row:>14}" for row in VARIANT_ROWS))
         print(f"{'the marker':<24}" + "".join(f"{results[row]['marker_ns']:>14.0f}" for row in VARIANT_ROWS
                                                if row in results))
@@ -321,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"benchmark": "traffic", "kernel": platform.release(), "cpu": cpu,
                                          "rounds": args.rounds, "seconds": args.seconds, "flows": args.flows,
+                                         "direct_writer": writer_state,
                                          "results": results, "write_variants": variants}, indent=2) + "\n")
     missed = [row for row, r in results.items() if not r["met"]]
     return 1 if args.strict and missed else 0

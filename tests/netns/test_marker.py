@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -216,6 +217,19 @@ def test_sigkill_then_next_marker_with_the_units_privileges(pair: Pair, mode: st
         else:
             # The filter outlives the process; the next Marker replaces it.
             assert len(_egress_filters(pair.a, pair.if_a)) == 1
+    if mode == "tc":
+        # Meanwhile it marks on. With no process holding them, the kernel empties the program
+        # arrays (the direct writer's) in the background; the classifier then writes itself.
+        orphaned = capture_on_b(pair)
+        with pair.a.entered():
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.bind((A, 4000))
+            for _ in range(20):
+                s.sendto(b"x" * 100, (B, 5000))
+                time.sleep(0.05)
+            s.close()
+        assert [p.label for p in orphaned.drain() if p.sport == 4000] == [0x11111] * 20, orphaned.packets
+        orphaned.close()
     # Without CAP_SYS_ADMIN the next Marker cannot read a program by its id, and needs not.
     cap = capture_on_b(pair)
     second = hold(pair, mode, 4001, 0x22222, prefix=as_the_unit())
