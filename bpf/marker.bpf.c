@@ -172,8 +172,8 @@ struct {
 /* Set by the loader in .rodata: the verifier then prunes what is off. */
 const volatile struct marker_config cfg = {};
 
-/* Where the IPv6 header starts when no VLAN tag comes before it. */
-#define IP6_OFF (cfg.l3 ? 0 : sizeof(struct eth_hdr))
+#define IP6_OFF FLOWLABEL_IP6_OFF(cfg.l3)
+_Static_assert(FLOWLABEL_IP6_OFF(0) == sizeof(struct eth_hdr), "IPv6 follows Ethernet");
 
 /*
  * The direct writer (bpf/writer.bpf.c), reached by a tail call: the loader
@@ -607,16 +607,16 @@ static __always_inline int flow_or_rule_label(union flow_key_words *kw, __u32 ha
  * writable only the packets it writes and never drops one, but it is a
  * helper call. Unicast UDP with no VLAN tag goes to the direct writer,
  * which stores through the packet pointer when the packet is not shared
- * (cb[0] carries the word across the tail call). TCP segments are always
+ * (cb carries the word across the tail call). TCP segments are always
  * shared (TCP keeps the original for retransmission), as are multicast
  * datagrams looped back to the host: they stay with the helper.
  */
 static __always_inline void write_word(struct __sk_buff *skb, const struct parsed *p, __be32 word)
 {
 	if (p->ip6_off == IP6_OFF && p->kw.key.proto == IPPROTO_UDP && p->kw.key.daddr[0] != 0xff) {
-		skb->cb[0] = word;
+		skb->cb[FLOWLABEL_WORD_CB] = word;
 		bpf_tail_call(skb, &writers, 0);
-		skb->cb[0] = 0; /* the slot was empty: cb[0] does not keep the word */
+		skb->cb[FLOWLABEL_WORD_CB] = 0; /* the slot was empty: cb does not keep the word */
 	}
 	bpf_skb_store_bytes(skb, p->ip6_off, &word, sizeof(word), 0);
 }

@@ -184,6 +184,15 @@ struct marker_config {
 #endif
 
 /*
+ * Where the IPv6 header starts in a packet with no VLAN tag: after Ethernet,
+ * or at 0 on a device without a link-layer header (cfg.l3). The classifier
+ * hands the direct writer (bpf/writer.bpf.c) only such packets, with the
+ * header's new first word in the __sk_buff's cb[FLOWLABEL_WORD_CB].
+ */
+#define FLOWLABEL_IP6_OFF(l3) ((l3) ? 0 : 14)
+#define FLOWLABEL_WORD_CB 0
+
+/*
  * The filter slot of a key, before the mask: the classifier and the loader
  * (through the extension) both call this one definition. It reads the key as
  * five host-order words, so both sides hash the same bytes the same way.

@@ -2,7 +2,7 @@
 /*
  * The classifier's direct writer, which marker_egress tail-calls for unicast
  * UDP through its `writers` array, with the IPv6 header's new first word in
- * cb[0].
+ * cb[FLOWLABEL_WORD_CB] (marker.h).
  *
  * A program that stores through the packet pointer gets a prologue from the
  * verifier that unshares every cloned skb it is given, and drops the packet
@@ -14,12 +14,12 @@
  * written with bpf_skb_store_bytes, which never drops one.
  *
  * Whether a packet is a clone is a field of the kernel's sk_buff, which a tc
- * program can read only through bpf_cast_to_kern_ctx (Linux 6.2) and the
- * kernel's BTF. The marker does not need either: where this object does not
- * load, its `writers` slot stays empty and every packet takes the helper.
+ * program can read without a helper call only through bpf_cast_to_kern_ctx
+ * (Linux 6.2) and the kernel's BTF, with CAP_PERFMON. The marker needs none
+ * of them: where this object does not load, its `writers` slot stays empty
+ * and every packet takes the helper.
  */
 #include <linux/bpf.h>
-#include <linux/if_ether.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -36,7 +36,7 @@ struct sk_buff {
 /* The marker's configuration, copied by the loader: only l3 is read. */
 const volatile struct marker_config cfg = {};
 
-#define IP6_OFF (cfg.l3 ? 0 : ETH_HLEN)
+#define IP6_OFF FLOWLABEL_IP6_OFF(cfg.l3)
 
 int label_store(struct __sk_buff *skb);
 
@@ -49,12 +49,12 @@ struct {
 	.values = {[0] = (void *)&label_store},
 };
 
-/* The word handed over, taken out of cb[0]: nothing after the writer reads it. */
+/* The word handed over, taken out of cb: nothing after the writer reads it. */
 static __always_inline __be32 take_word(struct __sk_buff *skb)
 {
-	__be32 word = skb->cb[0];
+	__be32 word = skb->cb[FLOWLABEL_WORD_CB];
 
-	skb->cb[0] = 0;
+	skb->cb[FLOWLABEL_WORD_CB] = 0;
 	return word;
 }
 

@@ -11,6 +11,7 @@ everywhere; creating a Marker fails with a clear
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import time
 import weakref
@@ -57,6 +58,8 @@ __all__ = [
     "tcx_program_names",
     "tcx_programs",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Seconds a read of the host's addresses is trusted when a flow has no local end.
 LOCAL_ADDRESS_TTL = 2.0
@@ -135,6 +138,12 @@ class Marker:
             if prog.flows is None:
                 raise MarkerError(f"{prog.path} has no flow map")
             self._flows = prog.flows
+            kind = "without a link-layer header" if l3 else "with Ethernet"
+            if prog.writer is not None:
+                log.info("classifier for devices %s: direct writer on", kind)
+            else:
+                log.info("classifier for devices %s: direct writer off (%s); every packet is written "
+                         "with a helper call", kind, prog.writer_missing)
         return prog
 
     @property

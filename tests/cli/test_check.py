@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import flowlabel
+from flowlabel.bpf.writer import KFUNC, KFUNC_SINCE
 from support.kernel import HAS_DIRECT_WRITER, HAS_TCX, MEMLOCK_CHARGED
 from support.privilege import as_the_unit
 from support.tools import program
@@ -94,8 +95,7 @@ def test_the_probed_features_agree_with_the_kernel_release() -> None:
     assert rows["attach"] == "TCX links" if HAS_TCX else rows["attach"].startswith("tc: ")
     assert rows["memlock"].startswith("charged to RLIMIT_MEMLOCK" if MEMLOCK_CHARGED else "not charged")
     assert rows["mmap arrays"] == rows["batch ops"] == "yes"
-    no_kfunc = ("off: this kernel has no bpf_cast_to_kern_ctx (Linux 6.2); "
-                "every packet is written with a helper call")
+    no_kfunc = f"off: this kernel has no {KFUNC} ({KFUNC_SINCE}); every packet is written with a helper call"
     assert rows["writer"].startswith("on: ") if HAS_DIRECT_WRITER else rows["writer"] == no_kfunc
 
 

@@ -31,8 +31,9 @@ from packets import (
 )
 
 from flowlabel.bpf.ext import extension
+from flowlabel.bpf.writer import KFUNC, KFUNC_SINCE
 from flowlabel.marker import Program
-from support.kernel import HAS_DIRECT_WRITER
+from support.kernel import HAS_DIRECT_WRITER, needs_direct_writer
 from support.probe import PROBE_BITS, compile_probe, put_in_slot
 
 pytestmark = pytest.mark.kernel
@@ -97,13 +98,14 @@ def test_the_writer_is_loaded_where_the_kernel_can_run_it() -> None:
             assert slot_id(loaded.writers_fd) == prog_id(loaded.writer.prog_fd)
         else:
             assert loaded.writer is None
-            assert loaded.writer_missing == "this kernel has no bpf_cast_to_kern_ctx (Linux 6.2)"
+            assert loaded.writer_missing == f"this kernel has no {KFUNC} ({KFUNC_SINCE})"
     with Program(OBJECT, writer=False) as loaded:
         assert loaded.writer is None and loaded.writer_missing == "not asked for"
 
 
 @pytest.mark.parametrize("tclass", [0x00, 0x03, 0xB8, 0xFF])
 def test_the_writer_marks_unicast_udp_and_keeps_the_traffic_class(marker: Classifier, tclass: int) -> None:
+    assert (marker.program.writer is not None) == HAS_DIRECT_WRITER, marker.program.writer_missing
     marker.add(FlowKey(IPPROTO_UDP, SRC, DST, SPORT, DPORT), LABEL)
     assert written(marker, frame(IPPROTO_UDP, tclass=tclass, label=0x12345)) == \
         frame(IPPROTO_UDP, tclass=tclass, label=LABEL)
@@ -142,11 +144,7 @@ def test_udp_is_marked_with_the_writers_slot_empty(marker: Classifier) -> None:
     assert written(marker, frame(IPPROTO_UDP, tclass=0x03)) == frame(IPPROTO_UDP, tclass=0x03, label=LABEL)
 
 
-needs_writer = pytest.mark.skipif(not HAS_DIRECT_WRITER,
-                                  reason="the direct writer needs bpf_cast_to_kern_ctx (Linux 6.2)")
-
-
-@needs_writer
+@needs_direct_writer
 def test_the_writer_stores_a_packet_that_is_not_shared(marker: Classifier, probe: Program) -> None:
     assert marker.program.writer is not None
     marker.add(FlowKey(IPPROTO_UDP, SRC, DST, SPORT, DPORT), LABEL)
@@ -155,7 +153,7 @@ def test_the_writer_stores_a_packet_that_is_not_shared(marker: Classifier, probe
         frame(IPPROTO_UDP, tclass=0x03, label=LABEL ^ PROBE_BITS)
 
 
-@needs_writer
+@needs_direct_writer
 def test_the_writer_writes_with_the_helper_when_its_store_is_missing(marker: Classifier) -> None:
     assert marker.program.writer is not None
     marker.add(FlowKey(IPPROTO_UDP, SRC, DST, SPORT, DPORT), LABEL)
@@ -167,6 +165,7 @@ def test_the_writer_writes_with_the_helper_when_its_store_is_missing(marker: Cla
 def test_the_writer_stores_at_the_modes_offset(l3: bool) -> None:
     src = l3_saddr(SRC) if l3 else SRC  # BPF_PROG_TEST_RUN reads bytes 12-13 as an ethertype
     with Program(OBJECT, l3=l3) as loaded:
+        assert (loaded.writer is not None) == HAS_DIRECT_WRITER, loaded.writer_missing
         classifier = Classifier(loaded, l3=l3)
         classifier.add(FlowKey(IPPROTO_UDP, src, DST, SPORT, DPORT), LABEL)
         packet = ipv6(src, DST, IPPROTO_UDP, udp(SPORT, DPORT, PAYLOAD), label=0xFFFFF)

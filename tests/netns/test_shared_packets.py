@@ -18,13 +18,11 @@ import pytest
 from flowlabel.bpf.attach import Attachment
 from flowlabel.bpf.program import Program
 from flowlabel.netif import link
-from support.kernel import HAS_DIRECT_WRITER, attach_modes
+from support.kernel import attach_modes, needs_direct_writer
 from support.netns import A, B, Capture, Pair
 from support.probe import PROBE_BITS, compile_probe, put_in_slot
 
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(not HAS_DIRECT_WRITER,
-                                 reason="the direct writer needs bpf_cast_to_kern_ctx (Linux 6.2)")]
+pytestmark = [pytest.mark.netns, needs_direct_writer]
 
 LABEL = 0x5C175
 PORT = 5000

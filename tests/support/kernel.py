@@ -26,5 +26,10 @@ needs_tcx = pytest.mark.skipif(
     not HAS_TCX, reason=f"TCX needs Linux 6.6, this is {platform.release()}: the tc path is tested instead"
 )
 
+needs_direct_writer = pytest.mark.skipif(
+    not HAS_DIRECT_WRITER,
+    reason=f"the direct writer needs bpf_cast_to_kern_ctx (Linux 6.2), this is {platform.release()}",
+)
+
 #: Parametrize a test over the attach modes this kernel has (tcx is skipped, with the reason, before 6.6).
 attach_modes = pytest.mark.parametrize("mode", [pytest.param("tcx", marks=needs_tcx), "tc"])

@@ -61,7 +61,8 @@ def libbpf_version() -> str:
 
 
 def bundled_object(name: str = "marker") -> Path:
-    """A BPF object shipped inside the package: ``marker`` (the classifier) or ``sockets``."""
+    """A BPF object shipped inside the package: ``marker`` (the classifier), ``writer`` (its direct
+    writer) or ``sockets``."""
     from importlib import resources
 
     return Path(str(resources.files("flowlabel").joinpath(f"{name}.bpf.o")))

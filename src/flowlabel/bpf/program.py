@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from ..errors import MarkerError, ObjectError
+from ..errors import MarkerError, ObjectError, VerifierError
 from .ext import KernelObject, bundled_object, counter_names, errno_error, extension
 from .flowmap import FlowMap, PresenceFilter
 from .objfile import load_object, open_object
@@ -216,11 +216,16 @@ class Program(KernelObject):
         try:
             self.writer = DirectWriter(writer_object(self.path), l3=self.l3, tcx=tcx)
             self.writer.install(self.writers_fd)
+        except VerifierError as exc:
+            self._no_writer(f"the kernel's verifier rejected it: {exc.reason or 'see its log'}")
         except MarkerError as exc:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
-            self.writer_missing = str(exc).splitlines()[0]
+            self._no_writer(str(exc))
+
+    def _no_writer(self, why: str) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.writer_missing = why
 
     # -- facts ----------------------------------------------------------------
 
@@ -298,6 +303,6 @@ class Program(KernelObject):
         if self._obj != self._ffi.NULL:
             self._lib.bpf_object__close(self._obj)
             self._obj = self._ffi.NULL
-        if self.writer is not None:  # after the classifier: its array may still hand packets over
+        if self.writer is not None:  # label_writer falls through to the helper once its array empties
             self.writer.close()
             self.writer = None

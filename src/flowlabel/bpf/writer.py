@@ -30,17 +30,18 @@ def writer_object(marker: Path) -> Path:
 
 
 class DirectWriter(KernelObject):
-    """bpf/writer.bpf.c loaded for a classifier of mode ``l3`` (and ready for a TCX link with ``tcx``).
+    """The writer object at ``path`` (see :func:`writer_object`) loaded for a classifier of mode
+    ``l3`` (and ready for a TCX link with ``tcx``).
 
     Raises :class:`~flowlabel.errors.MarkerError`, saying why, where the kernel cannot run it:
-    it needs the kernel's BTF and bpf_cast_to_kern_ctx (Linux 6.2).
+    it needs the kernel's BTF, bpf_cast_to_kern_ctx (Linux 6.2), a JIT that calls kernel
+    functions, and CAP_PERFMON to read the kernel's sk_buff.
     """
 
-    def __init__(self, path: Union[str, os.PathLike[str], None] = None, *, l3: bool = False,
-                 tcx: bool = False) -> None:
+    def __init__(self, path: Union[str, os.PathLike[str]], *, l3: bool = False, tcx: bool = False) -> None:
         self._ffi, self._lib = extension()
         self._obj: Any = self._ffi.NULL
-        self.path = Path(path) if path is not None else bundled_object("writer")
+        self.path = Path(path)
         if not VMLINUX_BTF.exists():
             raise MarkerError(f"the kernel publishes no BTF ({VMLINUX_BTF})")
         self._obj = open_object(self.path)
