@@ -68,7 +68,7 @@ def read_bench(path: Path) -> dict[str, Any] | None:
 
 
 #: The classifier benchmark's cases, in the order of its own table.
-BENCH_CASES = ("hit", "hit_cold_cache", "miss", "miss_filter_set", "non_ipv6", "floor_hit")
+BENCH_CASES = ("hit", "hit_written", "hit_cold_cache", "miss", "miss_filter_set", "non_ipv6", "floor_hit")
 
 
 def bench_table(results: list[Result]) -> str:
