@@ -72,5 +72,5 @@ def test_the_report_shows_each_kernels_cost_beyond_the_empty_program() -> None:
     text = report.markdown(results, [])
     rows = [line for line in text.splitlines() if line.startswith("| 6.1.0")]
     assert rows == ["| 6.1.0-57-amd64 | 55 | +201 (4.65x) | +201 (4.65x) | +201 (4.65x) | +201 (4.65x) "
-                    "| +201 (4.65x) | - | 4400 |"]
+                    "| +201 (4.65x) | +201 (4.65x) | - | 4400 |"]
     assert report.bench_table(results[1:]) == ""
