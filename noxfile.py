@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import shutil
 from pathlib import Path
 
 import nox
@@ -138,6 +139,7 @@ def kernels(session: nox.Session) -> None:
     session.install(*TEST_DEPS)
     # Guests have no network: the fresh-install test takes the wheel's dependencies from here.
     links = ROOT / "build" / "kernels" / "wheels"
+    shutil.rmtree(links, ignore_errors=True)  # pip download keeps a stale wheel of the same name
     session.run("python", "-m", "pip", "download", "-q", "-d", str(links), str(wheel))
     env = {"FLOWLABEL_WHEEL": str(wheel), "PIP_FIND_LINKS": str(links)}
     session.run("python", str(ROOT / "tests" / "kmatrix" / "matrix.py"), *session.posargs, env=env)
